@@ -1,0 +1,3 @@
+from image_analyzer.cli import main
+
+main()
