@@ -95,3 +95,24 @@ class Settings(BaseSettings):
 
     def api_key_value(self) -> str | None:
         return self.api_key.get_secret_value() if self.api_key else None
+
+
+_FLAG_NAMES = {"property_ids": "--property-id", "prices_file": "--prices", "bucket": "--bucket / S3_BUCKET_NAME"}
+
+
+def flag_name(field: str) -> str:
+    return _FLAG_NAMES.get(field, "--" + field.replace("_", "-"))
+
+
+def load_settings(flags: dict[str, object]) -> Settings:
+    """Build settings from the given flags; a bad value becomes a one-line error naming its flag."""
+    from pydantic import ValidationError
+
+    from image_analyzer.errors import ConfigError
+
+    try:
+        return Settings(**flags)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first.get("loc") else "settings"
+        raise ConfigError(f"{flag_name(field)}: {first['msg']}") from None

@@ -1,0 +1,179 @@
+"""Asking the model for one answer: rate limit, retries, budget gate, cost, and one re-ask.
+
+`Asker.ask` sends a request through the single retry loop (`retry.send_with_retries`), costs every
+response that returned usage (re-asks included), checks the answer with the caller's parser, and asks
+once more when the answer is unusable. Fatal API errors (bad key, exhausted quota) stop the whole run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from image_analyzer.control import StopController
+from image_analyzer.cost import CostLedger, PriceTable
+from image_analyzer.domain import ModelRequest, ModelResponse, Usage, VisionModel
+from image_analyzer.errors import AnswerError, ModelCallError
+from image_analyzer.events import AnswerRejected, EventBus, RequestCost, RequestRetry
+from image_analyzer.ratelimit import RateLimiter
+from image_analyzer.retry import RetryPolicy, send_with_retries
+
+ESTIMATED_COMPLETION_TOKENS = 1200
+"""Budget-gate guess for an answer's length; the real figure comes back in `usage`."""
+
+AnswerParser = Callable[[str | None], dict[str, Any]]
+
+
+class NotStarted(Exception):
+    """No new request starts: the run is stopping (budget reached, Ctrl-C, SIGTERM, fatal error)."""
+
+
+class BatchFailed(Exception):
+    """A batch could not be answered (retries or the re-ask exhausted, or a hard API error)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Where:
+    property_id: str
+    category: str
+    batch_index: int
+
+
+class LimitedModel:
+    """A `VisionModel` that waits for the shared rate limiter before each send and feeds it back."""
+
+    def __init__(self, inner: VisionModel, limiter: RateLimiter) -> None:
+        self._inner = inner
+        self._limiter = limiter
+
+    async def complete(self, request: ModelRequest, *, timeout: float) -> ModelResponse:
+        reservation = await self._limiter.acquire(request.estimated_prompt_tokens + request.max_tokens)
+        try:
+            response = await self._inner.complete(request, timeout=timeout)
+        except ModelCallError as exc:
+            if exc.status == 429 and not exc.fatal:
+                self._limiter.pause_for(exc.retry_after or 1.0, "429 rate limited")
+            self._limiter.settle(reservation, None)
+            raise
+        except BaseException:
+            self._limiter.release_unused(reservation)
+            raise
+        self._limiter.observe_headers(response.headers)
+        self._limiter.settle(reservation, response.usage.total_tokens if response.usage else None)
+        return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def check_response(response: ModelResponse) -> str:
+    """The answer text, or an `AnswerError` saying why there is none worth parsing."""
+    if response.finish_reason == "empty":
+        raise AnswerError("the server returned no choices", kind="empty_choices")
+    if response.refusal:
+        raise AnswerError(f"the model refused: {response.refusal[:120]}", kind="refused")
+    if response.finish_reason == "length":
+        raise AnswerError("the answer was cut off at max_tokens (finish_reason=length)", kind="truncated")
+    if not response.content:
+        raise AnswerError("the answer was empty", kind="empty")
+    return response.content
+
+
+class Asker:
+    def __init__(
+        self,
+        *,
+        model: VisionModel,
+        bus: EventBus,
+        ledger: CostLedger,
+        prices: PriceTable,
+        policy: RetryPolicy,
+        timeout: float,
+        controller: StopController,
+        max_cost: float | None,
+    ) -> None:
+        self._model = model
+        self._bus = bus
+        self._ledger = ledger
+        self._prices = prices
+        self._policy = policy
+        self._timeout = timeout
+        self._controller = controller
+        self._max_cost = max_cost
+
+    async def ask(self, where: Where, request: ModelRequest, parse: AnswerParser) -> tuple[dict[str, Any], Usage]:
+        """Send, check and parse; re-ask once on an unusable answer. Returns the answer and its total usage."""
+        spent = Usage()
+        last_problem: AnswerError | None = None
+        for attempt in (1, 2):
+            self._gate(request)
+            response = await self._send(where, request)
+            spent = spent + self._record_cost(where, request.model, response.usage)
+            try:
+                return parse(check_response(response)), spent
+            except AnswerError as problem:
+                last_problem = problem
+                self._bus.emit(AnswerRejected(**_where(where), kind=problem.kind, detail=str(problem)))
+                request = replace(request, messages=_with_correction(request.messages, problem, attempt))
+        assert last_problem is not None
+        raise BatchFailed(f"{last_problem.kind} answer twice: {last_problem}")
+
+    def _gate(self, request: ModelRequest) -> None:
+        if self._controller.stopping:
+            raise NotStarted(self._controller.request.reason if self._controller.request else "stopping")
+        if self._max_cost is None:
+            return
+        estimate = self._prices.cost(
+            request.model,
+            Usage(prompt_tokens=request.estimated_prompt_tokens, completion_tokens=ESTIMATED_COMPLETION_TOKENS),
+        )
+        if self._ledger.spent_usd + (estimate or 0.0) > self._max_cost:
+            self._controller.stop("budget reached", exit_code=1)
+            raise NotStarted("budget reached")
+
+    async def _send(self, where: Where, request: ModelRequest) -> ModelResponse:
+        def on_retry(attempt: int, delay: float, error: ModelCallError) -> None:
+            self._bus.emit(RequestRetry(**_where(where), attempt=attempt, delay_s=delay, reason=str(error)))
+
+        try:
+            return await send_with_retries(
+                self._model, request, timeout=self._timeout, policy=self._policy, on_retry=on_retry
+            )
+        except ModelCallError as exc:
+            if exc.fatal:
+                raise
+            raise BatchFailed(str(exc)) from exc
+
+    def _record_cost(self, where: Where, model: str, usage: Usage | None) -> Usage:
+        cost = self._prices.cost(model, usage) if usage else None
+        self._ledger.add(where.property_id, where.category, usage, cost)
+        if usage is None:
+            return Usage()
+        self._bus.emit(
+            RequestCost(
+                **_where(where),
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                cached_tokens=usage.cached_tokens,
+                cost_usd=cost,
+            )
+        )
+        return usage
+
+
+def _where(where: Where) -> dict[str, Any]:
+    return {"property_id": where.property_id, "category": where.category, "batch_index": where.batch_index}
+
+
+def _with_correction(
+    messages: Any, problem: AnswerError, attempt: int
+) -> list[Mapping[str, Any]]:
+    """The re-ask repeats the request with one line saying what was wrong with the first answer."""
+    note = {
+        "role": "user",
+        "content": f"Your previous answer was rejected ({problem.kind}): {str(problem)[:300]}. "
+        "Answer again with JSON that follows the schema exactly.",
+    }
+    base = list(messages)
+    return [*base, note] if attempt == 1 else base

@@ -1,0 +1,243 @@
+"""One batch: read and prepare its images, reuse an earlier answer or ask the model, checkpoint it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from image_analyzer.asking import Asker, BatchFailed, NotStarted, Where
+from image_analyzer.domain import ModelRequest, PreparedImage
+from image_analyzer.errors import ImageAnalyzerError, ModelCallError, SourceError
+from image_analyzer.events import (
+    BatchFailed as BatchFailedEvent,
+)
+from image_analyzer.events import (
+    BatchFinished,
+    BatchReused,
+    BatchStarted,
+    ImageSkipped,
+)
+from image_analyzer.jobs import BatchOutcome, BatchPlan, output_folder_name
+from image_analyzer.manifest import ManifestRecord, batch_key
+from image_analyzer.merge import image_file_name
+from image_analyzer.prompts import PROMPT_VERSION, build_prompt
+from image_analyzer.schemas import parse_answer, response_format
+
+
+class BatchRunner:
+    def __init__(self, deps: Any, asker: Asker | None, totals: Any) -> None:
+        self.deps = deps
+        self.settings = deps.settings
+        self.bus = deps.bus
+        self.asker = asker
+        self.totals = totals
+        # Prepared images wait for a request slot; bounding both keeps memory flat.
+        self._request_slots = asyncio.Semaphore(self.settings.max_workers)
+        self._prepare_slots = asyncio.Semaphore(self.settings.max_workers + 2)
+
+    async def run(self, plan: BatchPlan) -> BatchOutcome:
+        async with self._prepare_slots:
+            if self.deps.controller.stopping:
+                return BatchOutcome(plan=plan, status="not_started", reason=self._stop_reason())
+            images = await self._prepare_all(plan)
+            if not images:
+                return BatchOutcome(plan=plan, status="empty", reason="no usable image in this batch")
+            request, key = self._build_request(plan, images)
+            planned = BatchOutcome(
+                plan=plan, status="planned", images=images, key=key,
+                estimated_prompt_tokens=request.estimated_prompt_tokens,
+            )
+            self.totals.planned_requests += 1
+            self.totals.estimated_prompt_tokens += request.estimated_prompt_tokens
+            if self.settings.dry_run:
+                return planned
+            reused = self._reuse(planned)
+            if reused is not None:
+                await self._write_images(plan, images)
+                return reused
+            if self.settings.retry_failed and not self.deps.manifest.failed_last_time(key):
+                planned.status, planned.reason = "not_started", "not failed last time (--retry-failed)"
+                return planned
+            return await self._ask(planned, request)
+
+    # --- preparation ---------------------------------------------------------------------------------
+
+    async def _prepare_all(self, plan: BatchPlan) -> list[PreparedImage]:
+        results = await asyncio.gather(
+            *(self._prepare_one(plan, ref, image_id) for ref, image_id in zip(plan.refs, plan.image_ids, strict=True))
+        )
+        return [image for image in results if image is not None]
+
+    async def _prepare_one(self, plan: BatchPlan, ref: Any, image_id: str) -> PreparedImage | None:
+        from image_analyzer.images import prepare_image
+
+        try:
+            data = await self.deps.source.read(ref)
+            return await asyncio.to_thread(
+                prepare_image,
+                ref,
+                data,
+                image_id=image_id,
+                model=self.settings.model,
+                detail=self.settings.detail,
+                max_side=self.settings.max_image_side,
+                max_pixels=self.settings.max_image_pixels,
+            )
+        except SourceError as exc:
+            self._skip(plan, ref.locator, f"unreadable: {exc}")
+        except ImageAnalyzerError as exc:
+            self._skip(plan, ref.locator, getattr(exc, "reason", None) or str(exc))
+        return None
+
+    def _skip(self, plan: BatchPlan, location: str, reason: str) -> None:
+        self.bus.emit(
+            ImageSkipped(location=location, reason=reason, property_id=plan.property_id, category=plan.category)
+        )
+
+    # --- request ---------------------------------------------------------------------------------------
+
+    def _build_request(self, plan: BatchPlan, images: list[PreparedImage]) -> tuple[ModelRequest, str]:
+        from image_analyzer.estimate import prompt_tokens
+        from image_analyzer.images import estimate_image_tokens
+        from image_analyzer.model import build_messages
+
+        schema_set = self.deps.schema_set
+        ids = [image.image_id for image in images]
+        county = self.deps.county_rooms(plan.property_id) if callable(self.deps.county_rooms) else None
+        system, user = build_prompt(schema_set, plan.category, ids, [], county)
+        fmt = response_format(schema_set, plan.category, ids)
+        estimate = prompt_tokens(
+            texts=(system, user),
+            response_format=fmt,
+            image_tokens=(
+                estimate_image_tokens(self.settings.model, i.width, i.height, self.settings.detail) for i in images
+            ),
+        )
+        key = batch_key(
+            property_id=plan.property_id,
+            category=plan.category,
+            image_hashes=[image.content_hash for image in images],
+            model=self.settings.model,
+            prompt_version=PROMPT_VERSION,
+            schema_fingerprint=schema_set.fingerprint,
+        )
+        request = ModelRequest(
+            request_id=f"{plan.property_id}/{plan.category}/{plan.index + 1}",
+            model=self.settings.model,
+            messages=build_messages(system, user, images, self.settings.detail),
+            response_format=fmt,
+            max_tokens=self.settings.max_tokens,
+            estimated_prompt_tokens=estimate,
+        )
+        return request, key
+
+    def _reuse(self, planned: BatchOutcome) -> BatchOutcome | None:
+        if self.settings.force or planned.key is None:
+            return None
+        record = self.deps.manifest.answered(planned.key)
+        if record is None:
+            return None
+        self.totals.reused_batches += 1
+        planned.status, planned.answer = "reused", record.payload.get("answer")
+        return planned
+
+    async def _ask(self, planned: BatchOutcome, request: ModelRequest) -> BatchOutcome:
+        assert self.asker is not None and planned.key is not None
+        plan, ids = planned.plan, [image.image_id for image in planned.images]
+        self.bus.emit(
+            BatchStarted(
+                property_id=plan.property_id,
+                category=plan.category,
+                batch_index=plan.index,
+                batch_count=plan.count,
+                images=len(ids),
+                estimated_prompt_tokens=request.estimated_prompt_tokens,
+            )
+        )
+
+        def parse(content: str | None) -> dict[str, Any]:
+            return parse_answer(self.deps.schema_set, content, ids)
+
+        where = Where(plan.property_id, plan.category, plan.index)
+        try:
+            async with self._request_slots:
+                answer, usage = await self.asker.ask(where, request, parse)
+        except NotStarted:
+            planned.status, planned.reason = "not_started", self._stop_reason()
+            return planned
+        except BatchFailed as exc:
+            self._checkpoint(planned, "failure", {"reason": str(exc)})
+            planned.status, planned.reason = "failed", str(exc)
+            return planned
+        except ModelCallError as exc:
+            # Fatal for the whole run (bad key, no quota): stop starting anything, keep what is done.
+            self.totals.fatal_error = str(exc)
+            self.deps.controller.stop(str(exc), exit_code=1)
+            planned.status, planned.reason = "failed", str(exc)
+            return planned
+        self._checkpoint(planned, "batch", {"answer": answer, "usage": _usage_dict(usage)})
+        await self._write_images(plan, planned.images)
+        planned.status, planned.answer, planned.usage = "answered", answer, usage
+        return planned
+
+    def _checkpoint(self, planned: BatchOutcome, kind: str, payload: dict[str, Any]) -> None:
+        assert planned.key is not None
+        plan = planned.plan
+        self.deps.manifest.append(
+            ManifestRecord(
+                key=planned.key,
+                kind=kind,
+                property_id=plan.property_id,
+                category=plan.category,
+                batch_index=plan.index,
+                payload={
+                    **payload,
+                    "image_ids": [image.image_id for image in planned.images],
+                    "image_hashes": [image.content_hash for image in planned.images],
+                    "model": self.settings.model,
+                    "prompt_version": PROMPT_VERSION,
+                    "schema_set": self.deps.schema_set.fingerprint,
+                    "run_id": self.deps.run_id,
+                    "at": time.time(),
+                },
+            )
+        )
+
+    async def _write_images(self, plan: BatchPlan, images: list[PreparedImage]) -> None:
+        folder = output_folder_name(plan.property_id)
+        for image in images:
+            name = image_file_name(plan.category, image.image_id, image.output_format)
+            await self.deps.store.write_bytes(f"{folder}/{name}", image.data)
+
+    # --- events ----------------------------------------------------------------------------------------
+
+    def report_outcome(self, outcome: BatchOutcome) -> None:
+        plan = outcome.plan
+        where = {"property_id": plan.property_id, "category": plan.category, "batch_index": plan.index}
+        if outcome.status == "answered":
+            self.bus.emit(BatchFinished(**where, batch_count=plan.count, images=len(outcome.images)))
+        elif outcome.status == "reused":
+            self.bus.emit(BatchReused(**where, images=len(outcome.images)))
+        elif outcome.status == "failed":
+            self.bus.emit(BatchFailedEvent(**where, reason=outcome.reason or "failed"))
+            self._skip_images(outcome, f"batch failed: {outcome.reason}")
+        elif outcome.status == "not_started":
+            self._skip_images(outcome, f"not analysed: {outcome.reason}")
+
+    def _skip_images(self, outcome: BatchOutcome, reason: str) -> None:
+        refs = [image.ref for image in outcome.images] or list(outcome.plan.refs)
+        for ref in refs:
+            self._skip(outcome.plan, ref.locator, reason)
+
+    def _stop_reason(self) -> str:
+        request = self.deps.controller.request
+        return f"run stopped ({request.reason})" if request else "run stopped"
+
+
+def _usage_dict(usage: Any) -> dict[str, int]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "cached_tokens": usage.cached_tokens,
+    }

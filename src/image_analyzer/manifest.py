@@ -1,0 +1,159 @@
+"""The resume manifest: an append-only, fsync'd JSON-lines record of every answered batch.
+
+One line per answered (or finally failed) batch, written as soon as the answer arrives. A rerun with the
+same output dir loads it and skips every batch whose key (property, category, image bytes, model, prompt
+version, schema set) is already answered. The reader tolerates a torn last line (a `kill -9` mid-write)
+and duplicated lines (the last record for a key wins).
+
+The manifest always lives on local disk: for local output under `<output>/_state/`, for S3 output in a
+local state folder, because an object store cannot append.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from image_analyzer.errors import OutputError
+from image_analyzer.store import describe_os_error
+
+MANIFEST_VERSION = 1
+
+
+def batch_key(
+    *,
+    property_id: str,
+    category: str,
+    image_hashes: Sequence[str],
+    model: str,
+    prompt_version: str,
+    schema_fingerprint: str,
+) -> str:
+    """Content-addressed identity of one batch request: same inputs, same key, same answer reused."""
+    material = json.dumps(
+        [MANIFEST_VERSION, property_id, category, list(image_hashes), model, prompt_version, schema_fingerprint],
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestRecord:
+    key: str
+    kind: str
+    """`batch` (an accepted answer), `consolidation` (a room grouping answer) or `failure`."""
+    property_id: str
+    category: str
+    batch_index: int
+    payload: dict[str, Any] = field(default_factory=dict)
+
+    def to_line(self) -> bytes:
+        data = {
+            "v": MANIFEST_VERSION,
+            "key": self.key,
+            "kind": self.kind,
+            "property_id": self.property_id,
+            "category": self.category,
+            "batch_index": self.batch_index,
+            **self.payload,
+        }
+        return (json.dumps(data, sort_keys=True, ensure_ascii=False) + "\n").encode()
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ManifestRecord:
+        fixed = {"v", "key", "kind", "property_id", "category", "batch_index"}
+        return cls(
+            key=str(data["key"]),
+            kind=str(data["kind"]),
+            property_id=str(data["property_id"]),
+            category=str(data["category"]),
+            batch_index=int(data["batch_index"]),
+            payload={k: v for k, v in data.items() if k not in fixed},
+        )
+
+
+def parse_manifest_lines(lines: Iterable[bytes]) -> Iterator[ManifestRecord]:
+    """Yield every well-formed record; skip torn, partial or foreign lines instead of failing the run."""
+    for raw in lines:
+        line = raw.strip()
+        if not line:
+            continue
+        try:
+            data = json.loads(line)
+            if not isinstance(data, dict) or data.get("v") != MANIFEST_VERSION:
+                continue
+            yield ManifestRecord.from_json(data)
+        except (ValueError, KeyError, TypeError):
+            continue
+
+
+class Manifest:
+    """Loads what earlier runs answered and appends what this run answers."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._answers: dict[str, ManifestRecord] = {}
+        self._failures: dict[str, ManifestRecord] = {}
+        self._handle: Any = None
+
+    def load(self) -> None:
+        if not self.path.exists():
+            return
+        with self.path.open("rb") as handle:
+            for record in parse_manifest_lines(handle):
+                self._remember(record)
+
+    def _remember(self, record: ManifestRecord) -> None:
+        if record.kind == "failure":
+            self._failures[record.key] = record
+        else:
+            self._answers[record.key] = record
+            self._failures.pop(record.key, None)
+
+    def answered(self, key: str) -> ManifestRecord | None:
+        return self._answers.get(key)
+
+    def failed_last_time(self, key: str) -> bool:
+        return key in self._failures
+
+    @property
+    def answered_count(self) -> int:
+        return len(self._answers)
+
+    def append(self, record: ManifestRecord) -> None:
+        """Write one record durably (write + fsync) before the run moves on."""
+        try:
+            handle = self._open()
+            handle.write(record.to_line())
+            handle.flush()
+            os.fsync(handle.fileno())
+        except OSError as exc:
+            raise OutputError(describe_os_error(exc, self.path)) from exc
+        self._remember(record)
+
+    def _open(self) -> Any:
+        if self._handle is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._handle = self.path.open("ab")
+            if self._handle.tell() > 0 and not _ends_with_newline(self.path):
+                # A torn last line from a killed run: terminate it so our record starts on a fresh line.
+                self._handle.write(b"\n")
+        return self._handle
+
+    def close(self) -> None:
+        if self._handle is not None:
+            with contextlib.suppress(OSError):
+                self._handle.close()
+            self._handle = None
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with path.open("rb") as handle:
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) == b"\n"

@@ -1,0 +1,275 @@
+"""The `run` use case: wire the source, model, stores and reporters together and run the pipeline."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import secrets
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from image_analyzer.control import EXIT_INTERRUPTED, EXIT_TERMINATED, StopController
+from image_analyzer.domain import ImageSource, VisionModel
+from image_analyzer.errors import ConfigError
+from image_analyzer.events import Event, EventBus, Notice, Reporter, RunFinished
+from image_analyzer.settings import Settings
+from image_analyzer.store import MANIFEST_NAME, RUNS_DIR, STATE_DIR, LocalStore, OutputStore
+
+log = logging.getLogger("image_analyzer")
+
+
+@dataclass(frozen=True, slots=True)
+class Display:
+    json_output: bool = False
+    events_file: Path | None = None
+    no_dashboard: bool = False
+    quiet: bool = False
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+def execute_run(settings: Settings, display: Display) -> int:
+    if not settings.dry_run and not settings.api_key_value():
+        raise ConfigError("no API key: set OPENAI_API_KEY or pass --api-key (or use --dry-run)")
+    setup_logging(settings)
+    return asyncio.run(_run(settings, display))
+
+
+def setup_logging(settings: Settings) -> None:
+    path = settings.log_file
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"--log-file: cannot write {path}: {exc.strerror}") from exc
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("image_analyzer")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if settings.debug else logging.INFO)
+    root.propagate = False
+
+
+class _StateReporter:
+    """Feeds the run state that becomes the run summary."""
+
+    def __init__(self, state: Any) -> None:
+        self.state = state
+
+    def handle(self, event: Event) -> None:
+        self.state.apply(event)
+
+    def close(self) -> None:
+        return None
+
+
+def _reporters(settings: Settings, display: Display) -> list[Reporter]:
+    from image_analyzer.reporters import JsonLinesReporter, LogReporter, PlainReporter
+
+    reporters: list[Reporter] = [LogReporter(log)]
+    if display.events_file is not None:
+        reporters.append(JsonLinesReporter(display.events_file))
+    stream = sys.stderr if display.json_output else sys.stdout
+    if not display.no_dashboard and stream.isatty():
+        from image_analyzer.dashboard import Dashboard
+
+        reporters.append(Dashboard.for_stream(stream, settings=settings, quiet=display.quiet))
+    else:
+        reporters.append(PlainReporter(stream, quiet=display.quiet))
+    return reporters
+
+
+def make_source(settings: Settings) -> ImageSource:
+    if settings.uses_s3_source:
+        from image_analyzer.sources.s3 import S3Source
+
+        assert settings.bucket is not None
+        return S3Source(
+            bucket=settings.bucket,
+            prefix=settings.prefix,
+            endpoint_url=settings.endpoint_url,
+            region=settings.region,
+            profile=settings.profile,
+            download_workers=settings.download_workers,
+        )
+    from image_analyzer.sources.local import LocalSource
+
+    return LocalSource(settings.images_dir)
+
+
+def make_store(settings: Settings) -> tuple[OutputStore, Path]:
+    """The output store and the local folder for run state (manifest, lock)."""
+    if settings.output_dir.startswith("s3://"):
+        from platformdirs import user_state_path
+
+        from image_analyzer.s3_store import S3Store
+
+        store = S3Store.from_url(
+            settings.output_dir, endpoint_url=settings.endpoint_url, region=settings.region, profile=settings.profile
+        )
+        digest = hashlib.sha256(settings.output_dir.encode()).hexdigest()[:16]
+        return store, user_state_path("image-analyzer") / digest
+    root = Path(settings.output_dir)
+    return LocalStore(root), root / STATE_DIR
+
+
+def make_model(settings: Settings) -> VisionModel | None:
+    if settings.dry_run:
+        return None
+    from image_analyzer.asking import LimitedModel
+    from image_analyzer.model import OpenAIVisionModel
+    from image_analyzer.ratelimit import RateLimiter
+
+    key = settings.api_key_value()
+    assert key is not None
+    inner = OpenAIVisionModel(api_key=key, base_url=settings.base_url, max_connections=settings.max_workers + 4)
+    return LimitedModel(inner, RateLimiter(rpm=settings.rpm, tpm=settings.tpm))
+
+
+def _seed(settings: Settings) -> Any:
+    from image_analyzer.seed import load_seed
+
+    path = settings.seed_csv
+    if path is None:
+        default = Path("seed.csv")
+        path = default if default.exists() else None
+    elif not path.exists():
+        raise ConfigError(f"--seed-csv: file not found: {path}")
+    return load_seed(path) if path is not None else None
+
+
+async def _run(settings: Settings, display: Display) -> int:
+    from image_analyzer.cost import PriceTable
+    from image_analyzer.lock import RunLock
+    from image_analyzer.manifest import Manifest
+    from image_analyzer.pipeline import Pipeline, RunDeps
+    from image_analyzer.runstate import RunState
+    from image_analyzer.schemas import SchemaSet
+
+    run_id = new_run_id()
+    state = RunState()
+    bus = EventBus([_StateReporter(state), *_reporters(settings, display)])
+    schema_set = SchemaSet.load(settings.schema_set)
+    prices = PriceTable.from_file(settings.prices_file) if settings.prices_file else PriceTable.builtin()
+    seed = _seed(settings)
+    if prices.price_for(settings.model) is None:
+        bus.emit(Notice(level="warning", message=f"no price known for model {settings.model}: cost shown as unknown"))
+    source = make_source(settings)
+    store, state_dir = make_store(settings)
+    lock = RunLock(state_dir / "lock")
+    if not settings.dry_run:
+        lock.acquire()
+    manifest = Manifest(state_dir / Path(MANIFEST_NAME).name)
+    model: VisionModel | None = None
+    controller = StopController()
+    started = time.time()
+    try:
+        manifest.load()
+        await source.check()
+        model = make_model(settings)
+        deps = RunDeps(
+            settings=settings, run_id=run_id, source=source, store=store, model=model, schema_set=schema_set,
+            prices=prices, seed=seed, bus=bus, manifest=manifest, controller=controller,
+        )  # fmt: skip
+        _install_signal_handlers(controller)
+        totals = await Pipeline(deps).run()
+        summary = _summary(state, totals, settings, run_id, started, controller, source.describe(), prices)
+        exit_code = summary["exit_code"]
+        if not settings.dry_run:
+            await store.write_bytes(f"{RUNS_DIR}/{run_id}.json", _json_bytes(summary))
+        bus.emit(RunFinished(run_id=run_id, summary=summary, exit_code=exit_code))
+    finally:
+        bus.close()
+        manifest.close()
+        lock.release()
+        await source.aclose()
+        if model is not None:
+            await model.aclose()
+        await store.aclose()
+    if display.json_output:
+        sys.stdout.write(json.dumps(summary, sort_keys=True) + "\n")
+    return int(exit_code)
+
+
+def _install_signal_handlers(controller: StopController) -> None:
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, controller.interrupt, "interrupted (Ctrl-C)", EXIT_INTERRUPTED)
+    loop.add_signal_handler(signal.SIGTERM, controller.interrupt, "terminated (SIGTERM)", EXIT_TERMINATED)
+
+
+def _summary(
+    state: Any,
+    totals: Any,
+    settings: Settings,
+    run_id: str,
+    started: float,
+    controller: StopController,
+    source: str,
+    prices: Any,
+) -> dict[str, Any]:
+    summary: dict[str, Any] = dict(state.summary())
+    finished = time.time()
+    stop = controller.request
+    summary.update(
+        run_id=run_id,
+        started_at=_iso(started),
+        finished_at=_iso(finished),
+        duration_s=round(finished - started, 3),
+        source=source,
+        model=settings.model,
+        output_dir=settings.output_dir,
+        dry_run=settings.dry_run,
+        stopped_reason=stop.reason if stop else None,
+        fatal_error=totals.fatal_error,
+        invalid_properties=totals.invalid_properties,
+        reused_batches=totals.reused_batches,
+        planned_requests=totals.planned_requests,
+        estimated_prompt_tokens=totals.estimated_prompt_tokens,
+    )
+    if settings.dry_run:
+        summary.update(_dry_run_estimate(totals, settings, prices))
+    summary["exit_code"] = _exit_code(summary, stop.exit_code if stop else None)
+    return summary
+
+
+def _dry_run_estimate(totals: Any, settings: Settings, prices: Any) -> dict[str, Any]:
+    """A dry run's figures are the plan's: requests it would send, tokens and cost it would spend."""
+    from image_analyzer.asking import ESTIMATED_COMPLETION_TOKENS
+    from image_analyzer.domain import Usage
+
+    usage = Usage(
+        prompt_tokens=totals.estimated_prompt_tokens,
+        completion_tokens=ESTIMATED_COMPLETION_TOKENS * totals.planned_requests,
+    )
+    cost = prices.cost(settings.model, usage)
+    return {
+        "requests": totals.planned_requests,
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "cost_usd": round(cost, 6) if cost is not None else None,
+        "cost_known": cost is not None,
+        "estimated": True,
+    }
+
+
+def _exit_code(summary: dict[str, Any], stop_code: int | None) -> int:
+    if stop_code is not None:
+        return stop_code
+    if summary.get("failed_categories") or summary.get("invalid_properties") or summary.get("fatal_error"):
+        return 1
+    return 0
+
+
+def _iso(moment: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(moment))
+
+
+def _json_bytes(data: Any) -> bytes:
+    return (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
