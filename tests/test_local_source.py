@@ -201,3 +201,15 @@ def test_light_modules_import_nothing_heavy() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.anyio
+async def test_shipped_examples_list_cleanly() -> None:
+    examples = Path(__file__).resolve().parents[1] / "examples" / "images"
+    source = LocalSource(examples)
+    assert await all_ids(source) == ["0512345678", "30434108090030050"]
+    assert source.root_skipped() == ()
+    listing = await source.list_property("30434108090030050")
+    assert [c.category for c in listing.categories] == ["bedroom", "exterior", "kitchen"]
+    assert listing.skipped == ()
+    assert listing.image_count == 5

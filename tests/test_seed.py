@@ -220,3 +220,11 @@ def test_provenance_for_uses_the_row_or_the_placeholder(tmp_path: Path) -> None:
     table = load_seed(write(tmp_path, "1,x,GET,,https://a.example/p,,,,,"))
     assert table.provenance_for("1").from_seed is True
     assert table.provenance_for("2") == default_provenance("2")
+
+
+def test_shipped_example_seed_is_valid(request_validator: jsonschema.Draft7Validator) -> None:
+    table = load_seed(Path(__file__).resolve().parents[1] / "examples" / "seed.csv")
+    assert list(table) == ["30434108090030050", "0512345678"]
+    assert table.warnings == []
+    for row in table.values():
+        assert_lexicon_valid(request_validator, row.request)
