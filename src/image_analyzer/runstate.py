@@ -681,6 +681,9 @@ class RunState:
 def _batch_label(state: RunState, property_id: str, category: str, batch_index: int) -> str:
     row = state.rows.get((property_id, category))
     total = row.batches if row is not None and row.batches else 0
+    if total and batch_index >= total:
+        # The pipeline numbers a category's follow-up request (room consolidation) after its batches.
+        return "consolidation request"
     # batch_index is 0-based in events; people count from 1.
     return f"batch {batch_index + 1}/{total}" if total else f"batch {batch_index + 1}"
 
