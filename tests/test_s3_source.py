@@ -295,7 +295,9 @@ async def test_missing_bucket_is_a_source_error_naming_it(moto_bucket: FixtureBu
     source = S3Source(bucket="no-such-bucket", endpoint_url=moto_bucket.endpoint)
     with pytest.raises(SourceError) as caught:
         await source.check()
-    assert_one_line(caught.value, "'no-such-bucket'", "does not exist", moto_bucket.endpoint)
+    assert_one_line(
+        caught.value, "'no-such-bucket'", "does not exist", moto_bucket.endpoint, "S3_BUCKET_NAME"
+    )
 
 
 async def test_unreachable_endpoint_is_a_source_error_naming_the_url(
@@ -323,7 +325,7 @@ async def test_invalid_bucket_name_is_a_config_error(moto_bucket: FixtureBucket)
     source = S3Source(bucket="Not A Bucket!", endpoint_url=moto_bucket.endpoint)
     with pytest.raises(ConfigError) as caught:
         await source.check()
-    assert_one_line(caught.value, "Not A Bucket!")
+    assert str(caught.value) == "invalid S3 bucket name 'Not A Bucket!' (--bucket / S3_BUCKET_NAME)"
 
 
 def test_settings_errors_are_config_errors() -> None:

@@ -151,8 +151,21 @@ class SharedClient:
             await stack.aclose()
 
 
-def classify(exc: BaseException, *, bucket: str, key: str | None = None, endpoint: str) -> S3Problem:
-    """Turn a botocore/aiohttp exception into a kind and a one-line message naming what is at fault."""
+SOURCE_BUCKET_SETTING = "--bucket / S3_BUCKET_NAME"
+
+
+def classify(
+    exc: BaseException,
+    *,
+    bucket: str,
+    key: str | None = None,
+    endpoint: str,
+    setting: str = SOURCE_BUCKET_SETTING,
+) -> S3Problem:
+    """Turn a botocore/aiohttp exception into a kind and a one-line message naming what is at fault.
+
+    `setting` is the flag that chose the bucket, for the messages that say which one to fix.
+    """
     from botocore import exceptions as bx
 
     where = s3_url(bucket, key or "")
@@ -161,7 +174,9 @@ def classify(exc: BaseException, *, bucket: str, key: str | None = None, endpoin
     if isinstance(exc, bx.NoCredentialsError | bx.PartialCredentialsError | bx.CredentialRetrievalError):
         return S3Problem("credentials", _NO_CREDENTIALS_HINT)
     if isinstance(exc, bx.ClientError):
-        return _classify_client_error(exc, where=where, bucket=bucket, key=key, endpoint=endpoint)
+        return _classify_client_error(
+            exc, where=where, bucket=bucket, key=key, endpoint=endpoint, setting=setting
+        )
     if isinstance(exc, bx.SSLError):
         return S3Problem("unreachable", f"TLS handshake with S3 endpoint {endpoint} failed (--endpoint-url)")
     if isinstance(exc, bx.EndpointConnectionError | bx.ConnectTimeoutError | bx.ProxyConnectionError):
@@ -169,21 +184,24 @@ def classify(exc: BaseException, *, bucket: str, key: str | None = None, endpoin
             "unreachable", f"cannot connect to S3 endpoint {endpoint}: check --endpoint-url and the network"
         )
     if isinstance(exc, bx.ParamValidationError):
-        return S3Problem("invalid", f"invalid S3 request for {where}: {one_line(exc)}")
+        report = str(exc.kwargs.get("report", exc))
+        if "Invalid bucket name" in report:
+            return S3Problem("invalid", f"invalid S3 bucket name {bucket!r} ({setting})")
+        return S3Problem("invalid", f"invalid S3 request for {where}: {one_line(report)[:200]}")
     if isinstance(exc, bx.BotoCoreError | TimeoutError | OSError):
         return S3Problem("other", f"S3 transfer of {where} from {endpoint} failed: {one_line(exc)}")
     return S3Problem("other", f"S3 request for {where} failed: {type(exc).__name__}: {one_line(exc)}")
 
 
-def _classify_client_error(exc: Any, *, where: str, bucket: str, key: str | None, endpoint: str) -> S3Problem:
+def _classify_client_error(
+    exc: Any, *, where: str, bucket: str, key: str | None, endpoint: str, setting: str
+) -> S3Problem:
     error = exc.response.get("Error", {})
     code = str(error.get("Code", ""))
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
     detail = one_line(error.get("Message") or code or status)
     if code == "NoSuchBucket" or (code in ("404", "NotFound") and key is None):
-        return S3Problem(
-            "missing_bucket", f"S3 bucket {bucket!r} does not exist at {endpoint} (--bucket / S3_BUCKET_NAME)"
-        )
+        return S3Problem("missing_bucket", f"S3 bucket {bucket!r} does not exist at {endpoint} ({setting})")
     if code in ("NoSuchKey", "404", "NotFound"):
         return S3Problem("missing_key", f"{where} does not exist")
     if code in _CREDENTIAL_CODES:

@@ -23,6 +23,7 @@ from image_analyzer.s3_common import (
 from image_analyzer.store import safe_relpath
 
 DEFAULT_POOL_SIZE = 16
+OUTPUT_SETTING = "--output-dir"
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:
@@ -31,8 +32,8 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     if parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment:
         raise ConfigError(f"--output-dir {url!r} is not of the form s3://bucket/prefix")
     prefix = parts.path.strip("/")
-    if prefix:
-        safe_relpath(prefix)  # refuses `..`, `.` and empty parts in the prefix itself
+    if prefix and any(part in (".", "..") for part in prefix.split("/")):
+        raise ConfigError(f"--output-dir {url!r}: the prefix must not contain '.' or '..' parts")
     return parts.netloc, f"{prefix}/" if prefix else ""
 
 
@@ -82,7 +83,9 @@ class S3Store:
         return self.prefix + safe_relpath(relpath).as_posix()
 
     def _error(self, exc: BaseException, key: str, action: str) -> OutputError:
-        problem = classify(exc, bucket=self.bucket, key=key, endpoint=self._client.endpoint)
+        problem = classify(
+            exc, bucket=self.bucket, key=key, endpoint=self._client.endpoint, setting=OUTPUT_SETTING
+        )
         where = s3_url(self.bucket, key)
         if where in problem.message:
             return OutputError(problem.message)
@@ -101,8 +104,8 @@ class S3Store:
             client = await probe.get()
             await client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
         except s3_exceptions() as exc:
-            problem = classify(exc, bucket=self.bucket, endpoint=probe.endpoint)
-            raise ConfigError(f"--output-dir {self.describe()}: {problem.message}") from exc
+            problem = classify(exc, bucket=self.bucket, endpoint=probe.endpoint, setting=OUTPUT_SETTING)
+            raise ConfigError(problem.message) from exc
         finally:
             await probe.aclose()
 
