@@ -200,8 +200,12 @@ async def _run(settings: Settings, display: Display) -> int:
 
 def _install_signal_handlers(controller: StopController) -> None:
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGINT, controller.interrupt, "interrupted (Ctrl-C)", EXIT_INTERRUPTED)
-    loop.add_signal_handler(signal.SIGTERM, controller.interrupt, "terminated (SIGTERM)", EXIT_TERMINATED)
+    try:
+        loop.add_signal_handler(signal.SIGINT, controller.interrupt, "interrupted (Ctrl-C)", EXIT_INTERRUPTED)
+        loop.add_signal_handler(signal.SIGTERM, controller.interrupt, "terminated (SIGTERM)", EXIT_TERMINATED)
+    except (ValueError, RuntimeError, NotImplementedError):
+        # Not the main thread (an embedding application or a test): the caller handles signals.
+        log.debug("signal handlers not installed: not running in the main thread")
 
 
 def _summary(
