@@ -14,6 +14,8 @@ from image_analyzer.s3_store import S3Store, parse_s3_url
 from image_analyzer.sources.s3 import S3Source
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from tests.s3support import FixtureBucket, SeaweedS3
 
 pytest_plugins = ["tests.s3support"]
@@ -214,3 +216,22 @@ async def test_seaweedfs_rejects_bad_signatures_and_foreign_identities(
     with pytest.raises(SourceError) as denied:
         await source.check()
     assert str(denied.value).startswith("access denied to s3://photos/ at ")
+
+
+async def test_seaweedfs_explicit_profile_wins_over_environment_keys(
+    seaweed: SeaweedS3, aws_env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    credentials = tmp_path / "credentials"
+    credentials.write_text(
+        f"[photos-reader]\naws_access_key_id = {seaweed.reader.access_key}\n"
+        f"aws_secret_access_key = {seaweed.reader.secret_key}\n"
+    )
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+    seaweed.use(monkeypatch, seaweed.outsider)  # valid keys without rights on the bucket
+    with_profile = S3Source(
+        bucket=seaweed.bucket.name, endpoint_url=seaweed.endpoint, profile="photos-reader"
+    )
+    await with_profile.check()
+    without = S3Source(bucket=seaweed.bucket.name, endpoint_url=seaweed.endpoint)
+    with pytest.raises(SourceError, match="access denied"):
+        await without.check()
