@@ -103,6 +103,10 @@ def test_ledger_totals_per_category_property_and_run() -> None:
     assert (run.requests, run.total_tokens, run.cost_known) == (4, 1100, True)
     assert ledger.spent_usd == pytest.approx(0.10)
     assert ledger.category_total("p9", "attic").requests == 0
+    assert ledger.category_usage("p1", "kitchen") == Usage(300, 30, 50)
+    assert ledger.category_cost("p1", "kitchen") == pytest.approx(0.03)
+    assert ledger.property_cost("p2") == pytest.approx(0.04)
+    assert ledger.run_cost() == pytest.approx(0.10)
 
 
 def test_ledger_flags_unknown_parts_but_keeps_the_known_sum() -> None:
@@ -118,6 +122,9 @@ def test_ledger_flags_unknown_parts_but_keeps_the_known_sum() -> None:
     assert kitchen.requests_without_usage == 1
     assert ledger.category_total("p1", "bath").cost_known is False
     assert ledger.run_total().cost_known is False
+    assert ledger.category_cost("p1", "kitchen") is None
+    assert ledger.property_cost("p1") is None
+    assert ledger.run_cost() is None
     assert ledger.spent_usd == pytest.approx(0.01)
 
 

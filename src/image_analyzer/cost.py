@@ -205,6 +205,21 @@ class CostLedger:
     def property_total(self, property_id: str) -> CostTotals:
         return _sum(t for (pid, _), t in self._by_category.items() if pid == property_id)
 
+    # Shortcuts for events, whose `cost_usd` is None when any part is unknown.
+
+    def category_cost(self, property_id: str, category: str) -> float | None:
+        return self.category_total(property_id, category).cost_or_none
+
+    def category_usage(self, property_id: str, category: str) -> Usage:
+        totals = self.category_total(property_id, category)
+        return Usage(totals.prompt_tokens, totals.completion_tokens, totals.cached_tokens)
+
+    def property_cost(self, property_id: str) -> float | None:
+        return self.property_total(property_id).cost_or_none
+
+    def run_cost(self) -> float | None:
+        return self._run.cost_or_none
+
     def per_category(self) -> dict[tuple[str, str], CostTotals]:
         return dict(self._by_category)
 
