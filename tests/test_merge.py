@@ -256,6 +256,8 @@ def test_image_file_name() -> None:
     assert image_file_name("kitchen", "img_1", "jpeg") == "kitchen_img_1.jpg"
     assert image_file_name("Back Yard", "IMG 7", "png") == "back_yard_img_7.png"
     assert image_file_name("../..", "../x", "jpeg") == "category_x.jpg"
+    # Already-clean ids pass unchanged, so distinct image ids give distinct file names.
+    assert image_file_name("kitchen", "a__b", "jpeg") != image_file_name("kitchen", "a_b", "jpeg")
     with pytest.raises(ValueError, match="webp"):
         image_file_name("kitchen", "img_1", "webp")
 

@@ -18,7 +18,6 @@ from image_analyzer.schemas import (
     parse_answer,
     response_format,
     response_schema,
-    safe_key,
     verify_schema_dir,
 )
 from tests.answer_factory import blank_layout, blank_part, generated_answer, room
@@ -365,20 +364,6 @@ def test_class_level_lexicon_rules_are_checked_after_parsing(tmp_path: Path) -> 
 
 
 # --- small helpers --------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("text", "key"),
-    [
-        ("Kitchen", "kitchen"),
-        ("Bedroom #2", "bedroom_2"),
-        ("../../etc/passwd", "etc_passwd"),
-        ("__", ""),
-        ("Children’s Bedroom", "children_s_bedroom"),
-    ],
-)
-def test_safe_key(text: str, key: str) -> None:
-    assert safe_key(text) == key
 
 
 def test_formats() -> None:

@@ -22,13 +22,8 @@ from typing import Any
 
 from image_analyzer.domain import Provenance
 from image_analyzer.errors import SchemaError
-from image_analyzer.schemas import (
-    APPLIANCE_CLASS,
-    PROPERTY_CLASSES,
-    ROOM_CLASS,
-    SchemaSet,
-    safe_key,
-)
+from image_analyzer.naming import sanitize_component
+from image_analyzer.schemas import APPLIANCE_CLASS, PROPERTY_CLASSES, ROOM_CLASS, SchemaSet
 
 PROPERTY_FILE = "property.json"
 FILE_CLASS = "file"
@@ -63,7 +58,8 @@ def image_file_name(category: str, image_id: str, output_format: str) -> str:
     extension = _EXTENSIONS.get(output_format)
     if extension is None:
         raise ValueError(f"unsupported output format {output_format!r}: expected jpeg or png")
-    return f"{safe_key(category) or 'category'}_{safe_key(image_id) or 'image'}.{extension}"
+    category_part = sanitize_component(category, fallback="category")
+    return f"{category_part}_{sanitize_component(image_id, fallback='image')}.{extension}"
 
 
 def encode_json(obj: Any) -> bytes:
@@ -104,7 +100,8 @@ def _rooms(records: Sequence[BatchRecord]) -> list[_Room]:
     images: dict[tuple[str, str], dict[str, None]] = {}
     for record in _in_order(records):
         for position, room in enumerate(record.answer.get("rooms") or ()):
-            key = (record.category, safe_key(str(room.get("room_key") or "")) or f"room_{position + 1}")
+            room_key = sanitize_component(str(room.get("room_key") or ""), fallback=f"room_{position + 1}")
+            key = (record.category, room_key)
             layouts.setdefault(key, []).append(room.get(ROOM_CLASS) or {})
             images.setdefault(key, {}).update(dict.fromkeys(room.get("image_ids") or ()))
     counters: dict[str, int] = {}
@@ -113,8 +110,9 @@ def _rooms(records: Sequence[BatchRecord]) -> list[_Room]:
         layout = _first_non_null(found)
         space_type = layout.get("space_type")
         # Numbered per file-name slug (one slug per space type) so names can never collide.
-        slug = safe_key(space_type) if isinstance(space_type, str) else ""
-        slug = slug or _UNTYPED_SPACE
+        slug = _UNTYPED_SPACE
+        if isinstance(space_type, str):
+            slug = sanitize_component(space_type, fallback=_UNTYPED_SPACE)
         counters[slug] = index = counters.get(slug, 0) + 1
         rooms.append(
             _Room(
@@ -147,7 +145,7 @@ def _appliances(records: Sequence[BatchRecord]) -> list[tuple[str, dict[str, Any
     counters: dict[str, int] = {}
     result = []
     for (kind, _finish), fields in seen.items():
-        slug = safe_key(kind) or "appliance"
+        slug = sanitize_component(kind, fallback="appliance")
         counters[slug] = index = counters.get(slug, 0) + 1
         result.append((f"{APPLIANCE_CLASS}_{slug}_{index}", fields))
     return result

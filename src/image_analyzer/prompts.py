@@ -12,7 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from image_analyzer.schemas import PROPERTY_CLASSES, ROOM_CLASS, SchemaSet, safe_key
+from image_analyzer.naming import sanitize_component
+from image_analyzer.schemas import PROPERTY_CLASSES, ROOM_CLASS, SchemaSet
 
 PROMPT_VERSION = "1"
 
@@ -99,9 +100,7 @@ def known_rooms_from(answers: Sequence[Mapping[str, Any]]) -> list[KnownRoom]:
     rooms: dict[str, dict[str, Any]] = {}
     for answer in answers:
         for room in answer.get("rooms") or ():
-            key = safe_key(str(room.get("room_key") or ""))
-            if not key:
-                continue
+            key = sanitize_component(str(room.get("room_key") or ""), fallback="room")
             known = rooms.setdefault(key, {"space_type": None, "description": ""})
             layout = room.get(ROOM_CLASS) or {}
             if known["space_type"] is None and isinstance(layout.get("space_type"), str):

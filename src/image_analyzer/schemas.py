@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from image_analyzer.errors import AnswerError, SchemaError
+from image_analyzer.naming import sanitize_component
 
 if TYPE_CHECKING:
     from jsonschema import FormatChecker
@@ -60,20 +61,12 @@ PLACEHOLDER_PROVENANCE: Mapping[str, Any] = {
 
 _CID_PREFIX = bytes([0x01, 0x55, 0x12, 0x20])  # CIDv1, raw codec, sha2-256, 32-byte digest
 _SCHEMA_NAME = re.compile(r"[A-Za-z0-9_-]+")
-_UNSAFE_KEY_CHARS = re.compile(r"[^a-z0-9_-]+")
 
 
 def compute_cid(data: bytes) -> str:
     """The CIDv1 (raw codec, sha2-256) of `data`, base32 lower case with the multibase `b` prefix."""
     raw = _CID_PREFIX + hashlib.sha256(data).digest()
     return "b" + base64.b32encode(raw).decode("ascii").lower().rstrip("=")
-
-
-def safe_key(text: str, *, max_length: int = 64) -> str:
-    """Lower-case `text` and collapse everything outside `[a-z0-9_-]` to `_`; may return ""."""
-    key = _UNSAFE_KEY_CHARS.sub("_", text.strip().lower())
-    key = re.sub(r"_+", "_", key).strip("_-")
-    return key[:max_length].strip("_-")
 
 
 def bundled_schema_dir() -> Path:
@@ -483,7 +476,7 @@ def _normalise_answer(schema_set: SchemaSet, data: Mapping[str, Any]) -> dict[st
     for position, room in enumerate(data["rooms"]):
         rooms.append(
             {
-                "room_key": safe_key(room["room_key"]) or f"room_{position + 1}",
+                "room_key": sanitize_component(room["room_key"], fallback=f"room_{position + 1}"),
                 "description": " ".join(room["description"].split())[:200],
                 "image_ids": list(dict.fromkeys(room["image_ids"])),
                 ROOM_CLASS: normalise_object(documents[ROOM_CLASS], room[ROOM_CLASS]),
