@@ -18,7 +18,7 @@ def test_prompt_names_the_category_and_lists_images_in_order(schema_set: SchemaS
     system, user = build_prompt(schema_set, "kitchen", ["img_2", "img_1", "img_3"], [])
     assert "These photos are from the 'kitchen' folder." in user
     assert "Images in order: img_2, img_1, img_3. The images follow in the same order." in user
-    assert "No rooms are known yet" in user
+    assert "Known rooms" not in user
     assert "room_key" in system
     assert "reuse that room_key" in system
     assert "Rooms on record" not in user

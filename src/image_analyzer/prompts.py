@@ -84,8 +84,6 @@ def build_prompt(
     ]
     if known_rooms:
         parts.append(_known_rooms_text(known_rooms))
-    else:
-        parts.append("No rooms are known yet in this folder.")
     if county_rooms:
         counts = ", ".join(f"{_one_line(kind, 60)}: {n}" for kind, n in sorted(county_rooms.items()))
         parts.append(f"Rooms on record for this property: {counts}.")
