@@ -104,12 +104,14 @@ async def fails_with(model: OpenAIVisionModel, timeout: float = 10.0) -> ModelCa
 # --- building requests --------------------------------------------------------------------------------
 
 
-def test_build_messages_puts_text_first_then_one_part_per_image() -> None:
+def test_build_messages_puts_text_first_then_each_image_after_its_id_label() -> None:
     system, user = build_messages("sys", "look", IMAGES, "low")
     assert system == {"role": "system", "content": "sys"}
     assert user["role"] == "user"
-    text, first, second = user["content"]
+    text, label1, first, label2, second = user["content"]
     assert text == {"type": "text", "text": "look"}
+    assert label1 == {"type": "text", "text": f"image_id: {IMAGES[0].image_id}"}
+    assert label2 == {"type": "text", "text": f"image_id: {IMAGES[1].image_id}"}
     assert first["image_url"]["detail"] == "low"
     assert first["image_url"]["url"].startswith("data:image/jpeg;base64,")
     assert second["image_url"]["url"].startswith("data:image/png;base64,")

@@ -37,10 +37,15 @@ _REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
 def build_messages(
     system: str, user_text: str, images: Sequence[PreparedImage], detail: str
 ) -> list[dict[str, Any]]:
-    """A system message, then one user message: the text part followed by one part per image."""
+    """A system message, then one user message: the text, then each image labelled with its id.
+
+    The label right before each image ties the picture to its id, which is more reliable than asking the
+    model to count positions in a list.
+    """
     parts: list[dict[str, Any]] = [{"type": "text", "text": user_text}]
     for image in images:
         encoded = base64.b64encode(image.data).decode("ascii")
+        parts.append({"type": "text", "text": f"image_id: {image.image_id}"})
         parts.append(
             {
                 "type": "image_url",
