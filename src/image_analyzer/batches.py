@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from image_analyzer.asking import Asker, BatchFailed, NotStarted, Where
@@ -22,7 +23,8 @@ from image_analyzer.jobs import BatchOutcome, BatchPlan, output_folder_name
 from image_analyzer.manifest import ManifestRecord, batch_key
 from image_analyzer.merge import image_file_name
 from image_analyzer.prompts import PROMPT_VERSION, build_prompt
-from image_analyzer.schemas import parse_answer, response_format
+from image_analyzer.schemas import SchemaSet, parse_answer, response_format
+from image_analyzer.settings import Settings
 
 
 class BatchRunner:
@@ -98,39 +100,8 @@ class BatchRunner:
     # --- request ---------------------------------------------------------------------------------------
 
     def _build_request(self, plan: BatchPlan, images: list[PreparedImage]) -> tuple[ModelRequest, str]:
-        from image_analyzer.estimate import prompt_tokens
-        from image_analyzer.images import estimate_image_tokens
-        from image_analyzer.model import build_messages
-
-        schema_set = self.deps.schema_set
-        ids = [image.image_id for image in images]
         county = self.deps.county_rooms(plan.property_id) if callable(self.deps.county_rooms) else None
-        system, user = build_prompt(schema_set, plan.category, ids, [], county)
-        fmt = response_format(schema_set, plan.category, ids)
-        estimate = prompt_tokens(
-            texts=(system, user),
-            response_format=fmt,
-            image_tokens=(
-                estimate_image_tokens(self.settings.model, i.width, i.height, self.settings.detail) for i in images
-            ),
-        )
-        key = batch_key(
-            property_id=plan.property_id,
-            category=plan.category,
-            image_hashes=[image.content_hash for image in images],
-            model=self.settings.model,
-            prompt_version=PROMPT_VERSION,
-            schema_fingerprint=schema_set.fingerprint,
-        )
-        request = ModelRequest(
-            request_id=f"{plan.property_id}/{plan.category}/{plan.index + 1}",
-            model=self.settings.model,
-            messages=build_messages(system, user, images, self.settings.detail),
-            response_format=fmt,
-            max_tokens=self.settings.max_tokens,
-            estimated_prompt_tokens=estimate,
-        )
-        return request, key
+        return build_batch_request(self.settings, self.deps.schema_set, plan, images, county)
 
     def _reuse(self, planned: BatchOutcome) -> BatchOutcome | None:
         if self.settings.force or planned.key is None:
@@ -241,3 +212,42 @@ def _usage_dict(usage: Any) -> dict[str, int]:
         "completion_tokens": usage.completion_tokens,
         "cached_tokens": usage.cached_tokens,
     }
+
+
+def build_batch_request(
+    settings: Settings,
+    schema_set: SchemaSet,
+    plan: BatchPlan,
+    images: Sequence[PreparedImage],
+    county_rooms: Mapping[str, int] | None = None,
+) -> tuple[ModelRequest, str]:
+    """The request for one batch and its resume key. `run` and `batch submit` both build requests here."""
+    from image_analyzer.estimate import prompt_tokens
+    from image_analyzer.images import estimate_image_tokens
+    from image_analyzer.model import build_messages
+
+    ids = [image.image_id for image in images]
+    system, user = build_prompt(schema_set, plan.category, ids, [], county_rooms)
+    fmt = response_format(schema_set, plan.category, ids)
+    estimate = prompt_tokens(
+        texts=(system, user, *(f"image_id: {i}" for i in ids)),
+        response_format=fmt,
+        image_tokens=(estimate_image_tokens(settings.model, i.width, i.height, settings.detail) for i in images),
+    )
+    key = batch_key(
+        property_id=plan.property_id,
+        category=plan.category,
+        image_hashes=[image.content_hash for image in images],
+        model=settings.model,
+        prompt_version=PROMPT_VERSION,
+        schema_fingerprint=schema_set.fingerprint,
+    )
+    request = ModelRequest(
+        request_id=f"{plan.property_id}/{plan.category}/{plan.index + 1}",
+        model=settings.model,
+        messages=build_messages(system, user, images, settings.detail),
+        response_format=fmt,
+        max_tokens=settings.max_tokens,
+        estimated_prompt_tokens=estimate,
+    )
+    return request, key
