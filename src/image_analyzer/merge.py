@@ -23,7 +23,13 @@ from typing import Any
 from image_analyzer.domain import Provenance
 from image_analyzer.errors import SchemaError
 from image_analyzer.naming import sanitize_component
-from image_analyzer.schemas import APPLIANCE_CLASS, PROPERTY_CLASSES, ROOM_CLASS, SchemaSet
+from image_analyzer.schemas import (
+    APPLIANCE_CLASS,
+    PROPERTY_CLASSES,
+    ROOM_CLASS,
+    SchemaSet,
+    non_nullable_booleans,
+)
 
 PROPERTY_FILE = "property.json"
 FILE_CLASS = "file"
@@ -69,8 +75,6 @@ def encode_json(obj: Any) -> bytes:
 
 @dataclass(frozen=True)
 class _Room:
-    category: str
-    room_key: str
     layout: dict[str, Any]
     image_ids: tuple[str, ...]
     space_index: int
@@ -116,8 +120,6 @@ def _rooms(records: Sequence[BatchRecord]) -> list[_Room]:
         counters[slug] = index = counters.get(slug, 0) + 1
         rooms.append(
             _Room(
-                category=category,
-                room_key=room_key,
                 layout=layout,
                 image_ids=tuple(images[(category, room_key)]),
                 space_index=index,
@@ -151,17 +153,12 @@ def _appliances(records: Sequence[BatchRecord]) -> list[tuple[str, dict[str, Any
     return result
 
 
-def _non_nullable_booleans(class_schema: Mapping[str, Any]) -> list[str]:
-    properties = class_schema.get("properties") or {}
-    return [key for key, field in properties.items() if field.get("type") == "boolean"]
-
-
 def _property_objects(records: Sequence[BatchRecord], schema_set: SchemaSet) -> dict[str, dict[str, Any]]:
     merged = {}
     for name in PROPERTY_CLASSES:
         found = [r.answer[name] for r in _in_order(records) if isinstance(r.answer.get(name), dict)]
         if found:
-            any_true = _non_nullable_booleans(schema_set.documents[name])
+            any_true = non_nullable_booleans(schema_set.documents[name])
             merged[name] = _first_non_null(found, any_true)
     return merged
 
@@ -194,7 +191,7 @@ def relationship_key(schema_set: SchemaSet, class_name: str) -> str:
     group = schema_set.documents[schema_set.data_group_name]
     slots = ((group.get("properties") or {}).get("relationships") or {}).get("properties") or {}
     for key, slot in slots.items():
-        if isinstance(slot, dict) and (slot.get("items") or {}).get("cid") == cid and cid is not None:
+        if cid is not None and isinstance(slot, dict) and (slot.get("items") or {}).get("cid") == cid:
             return str(key)
     raise SchemaError(f"the data group {schema_set.data_group_name} has no slot for {relationship}")
 

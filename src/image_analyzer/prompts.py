@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from image_analyzer.naming import sanitize_component
-from image_analyzer.schemas import PROPERTY_CLASSES, ROOM_CLASS, SchemaSet
+from image_analyzer.schemas import PROPERTY_CLASSES, ROOM_CLASS, SchemaSet, non_nullable_booleans
 
 PROMPT_VERSION = "1"
 
@@ -50,8 +50,7 @@ def _required_booleans(schema_set: SchemaSet) -> list[str]:
     """Non-nullable booleans of the per-property classes: the model must say false when it cannot see."""
     found: list[str] = []
     for name in PROPERTY_CLASSES:
-        properties = schema_set.documents[name].get("properties") or {}
-        found.extend(f"{name}.{key}" for key, field in properties.items() if field.get("type") == "boolean")
+        found.extend(f"{name}.{key}" for key in non_nullable_booleans(schema_set.documents[name]))
     return found
 
 

@@ -257,6 +257,12 @@ def allows_null(node: Mapping[str, Any]) -> bool:
     return "null" in types and (not isinstance(enum, list) or None in enum)
 
 
+def non_nullable_booleans(class_schema: Mapping[str, Any]) -> list[str]:
+    """The fields of a class that must be true or false (never null), e.g. `utility.solar_panel_present`."""
+    properties = class_schema.get("properties") or {}
+    return [key for key, spec in properties.items() if spec.get("type") in ("boolean", ["boolean"])]
+
+
 def _applies_to(keyword: str, base_types: Sequence[str]) -> bool:
     kind = _KEYWORD_TYPES.get(keyword)
     if kind is None:
@@ -346,16 +352,13 @@ def _image_ids_schema(image_ids: Sequence[str], description: str) -> dict[str, A
     }
 
 
-def _object(properties: dict[str, Any], description: str | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {
+def _object(properties: dict[str, Any]) -> dict[str, Any]:
+    return {
         "type": "object",
         "additionalProperties": False,
         "properties": properties,
         "required": list(properties),
     }
-    if description:
-        out["description"] = description
-    return out
 
 
 def _with_extra(part: dict[str, Any], extra: dict[str, Any], where: str) -> dict[str, Any]:

@@ -186,6 +186,14 @@ def validate_property_files(
     if property_json is not None:
         files = {**files, PROPERTY_FILE: property_json}
     docs, problems = _parse(files)
+    return problems + _validate_group(files, docs, schema_set)
+
+
+def _validate_group(
+    files: Mapping[str, bytes], docs: Mapping[str, Any], schema_set: SchemaSet
+) -> list[Problem]:
+    """Steps 1-5 of the module doc over the parsed `docs` (`files` also holds the unparsable ones)."""
+    problems: list[Problem] = []
     root = f"{schema_set.data_group_cid}.json"
     if root not in docs:
         if root not in files:
@@ -238,10 +246,8 @@ def validate_property_folder(folder: Path, schema_set: SchemaSet) -> list[Proble
             files[path.name] = path.read_bytes()
         except OSError as exc:
             problems.append(Problem(path.name, "$", f"cannot read: {exc.strerror or exc}"))
-    problems.extend(validate_property_files(files, schema_set))
-    docs, _ = _parse(files)
-    problems.extend(_missing_media(folder, docs))
-    return problems
+    docs, parse_problems = _parse(files)
+    return problems + parse_problems + _validate_group(files, docs, schema_set) + _missing_media(folder, docs)
 
 
 def validate_output_dir(root: Path, schema_set: SchemaSet) -> dict[str, list[Problem]]:
