@@ -138,9 +138,12 @@ def verify_schema_dir(root: Path) -> list[tuple[str, str, bool, str]]:
     return results
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SchemaSet:
-    """A verified schema set. `documents`, `cids` and `kinds` are keyed by manifest name."""
+    """A verified schema set. `documents`, `cids` and `kinds` are keyed by manifest name.
+
+    Compared and hashed by identity (the dicts inside are not hashable); compare `fingerprint` instead.
+    """
 
     root: Path
     documents: dict[str, dict[str, Any]] = field(repr=False)
