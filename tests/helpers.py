@@ -31,7 +31,9 @@ def jpeg_bytes(seed: int, size: tuple[int, int] = (64, 48)) -> bytes:
     return buffer.getvalue()
 
 
-def make_tree(root: Path, layout: Mapping[str, Mapping[str, int]], *, start: int = 0) -> dict[str, list[Path]]:
+def make_tree(
+    root: Path, layout: Mapping[str, Mapping[str, int]], *, start: int = 0
+) -> dict[str, list[Path]]:
     """Create `root/<property>/<category>/img_NN.jpg` files; returns the paths per `property/category`."""
     made: dict[str, list[Path]] = {}
     seed = start
@@ -73,7 +75,9 @@ def installed_command() -> str:
 def run_installed(args: Sequence[str], *, cwd: Path, env: Mapping[str, str] | None = None,
                   timeout: float = 120) -> subprocess.CompletedProcess[str]:  # fmt: skip
     """Run the installed `image-analyzer` command as a user would."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "IMAGE_ANALYZER_", "S3_"))}
+    full_env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "IMAGE_ANALYZER_", "S3_"))
+    }
     full_env.update(env or {})
     return subprocess.run(
         [installed_command(), *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout

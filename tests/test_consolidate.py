@@ -17,7 +17,12 @@ from image_analyzer.errors import AnswerError
 def answer(*rooms: tuple[str, str]) -> dict[str, object]:
     return {
         "rooms": [
-            {"room_key": key, "description": f"{kind} room", "image_ids": ["x"], "layout": {"space_type": kind}}
+            {
+                "room_key": key,
+                "description": f"{kind} room",
+                "image_ids": ["x"],
+                "layout": {"space_type": kind},
+            }
             for key, kind in rooms
         ]
     }
@@ -35,7 +40,9 @@ def test_only_categories_with_rooms_in_several_batches_need_consolidation() -> N
 def test_request_lists_every_room_and_restricts_refs_to_them() -> None:
     entries = room_entries(ANSWERS)
     _system, user, fmt = build_request_parts("bedroom", entries)
-    refs = fmt["json_schema"]["schema"]["properties"]["groups"]["items"]["properties"]["refs"]["items"]["enum"]
+    refs = fmt["json_schema"]["schema"]["properties"]["groups"]["items"]["properties"]["refs"]["items"][
+        "enum"
+    ]
     assert refs == ["b0:a", "b0:b", "b1:a", "b1:k"]
     assert all(ref in user for ref in refs)
     assert fmt["json_schema"]["strict"] is True

@@ -4,16 +4,23 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from image_analyzer.errors import OutputError
 from image_analyzer.lock import RunLock
 from image_analyzer.manifest import Manifest, ManifestRecord, batch_key, parse_manifest_lines
 
 
 def record(key: str, kind: str = "batch", answer: int = 1) -> ManifestRecord:
     return ManifestRecord(
-        key=key, kind=kind, property_id="p1", category="kitchen", batch_index=0, payload={"answer": {"n": answer}}
+        key=key,
+        kind=kind,
+        property_id="p1",
+        category="kitchen",
+        batch_index=0,
+        payload={"answer": {"n": answer}},
     )
 
 
@@ -23,8 +30,15 @@ def test_batch_key_changes_with_every_input() -> None:
         schema_fingerprint="s",
     )  # fmt: skip
     key = batch_key(**base)  # type: ignore[arg-type]
-    for name, value in [("model", "gpt-4o-mini"), ("prompt_version", "2"), ("schema_fingerprint", "t"),
-                        ("image_hashes", ["b", "a"]), ("category", "bedroom"), ("property_id", "q")]:  # fmt: skip
+    changes = [
+        ("model", "gpt-4o-mini"),
+        ("prompt_version", "2"),
+        ("schema_fingerprint", "t"),
+        ("image_hashes", ["b", "a"]),
+        ("category", "bedroom"),
+        ("property_id", "q"),
+    ]
+    for name, value in changes:
         assert batch_key(**{**base, name: value}) != key  # type: ignore[arg-type]
     assert batch_key(**base) == key  # type: ignore[arg-type]
 
@@ -85,12 +99,9 @@ def test_lock_refuses_a_second_run_and_breaks_a_stale_lock(tmp_path: Path) -> No
     first = RunLock(tmp_path / "lock")
     first.acquire()
     second = RunLock(tmp_path / "lock")
-    try:
+    with pytest.raises(OutputError, match="another run") as refused:
         second.acquire()
-        raise AssertionError("second lock should have been refused")
-    except Exception as exc:  # noqa: BLE001
-        assert "another run" in str(exc)
-        assert str(os.getpid()) in str(exc)
+    assert str(os.getpid()) in str(refused.value)
     first.release()
     (tmp_path / "lock").write_text("999999999 \n")
     third = RunLock(tmp_path / "lock")

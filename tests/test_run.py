@@ -68,7 +68,9 @@ def _run_in_thread(args: list[str]) -> tuple[threading.Thread, dict[str, object]
 def test_parallel_categories_keep_exactly_category_workers_requests_in_flight(
     workdir: Path, fake_openai: FakeOpenAIServer
 ) -> None:
-    make_tree(workdir / "images", {"p1": {f"cat{i}": 1 for i in range(4)}, "p2": {f"cat{i}": 1 for i in range(4)}})
+    make_tree(
+        workdir / "images", {"p1": {f"cat{i}": 1 for i in range(4)}, "p2": {f"cat{i}": 1 for i in range(4)}}
+    )
     fake_openai.script([Held(), Held(), Held()])
     thread, box = _run_in_thread(run_args(fake_openai, "--parallel-categories", "--category-workers", "3"))
     fake_openai.wait_until(lambda s: s.in_flight == 3, timeout=30)
@@ -101,7 +103,9 @@ def test_429_with_retry_after_is_retried_and_counted(workdir: Path, fake_openai:
     assert result.summary()["retries"] == 1
 
 
-def test_401_is_not_retried_and_stops_the_run_with_one_line(workdir: Path, fake_openai: FakeOpenAIServer) -> None:
+def test_401_is_not_retried_and_stops_the_run_with_one_line(
+    workdir: Path, fake_openai: FakeOpenAIServer
+) -> None:
     make_tree(workdir / "images", {"p1": {"kitchen": 1, "bedroom": 1}})
     fake_openai.script([Status(401)])
     result = invoke(run_args(fake_openai))
@@ -136,7 +140,9 @@ def test_an_invalid_answer_is_asked_again_once(workdir: Path, fake_openai: FakeO
     assert result.summary()["reasks"] == 1
 
 
-def test_two_invalid_answers_fail_the_batch_with_the_reason(workdir: Path, fake_openai: FakeOpenAIServer) -> None:
+def test_two_invalid_answers_fail_the_batch_with_the_reason(
+    workdir: Path, fake_openai: FakeOpenAIServer
+) -> None:
     make_tree(workdir / "images", {"p1": {"kitchen": 2}})
     fake_openai.script([SchemaInvalid(), SchemaInvalid()])
     result = invoke(run_args(fake_openai))
@@ -193,7 +199,9 @@ def test_seed_provenance_keeps_leading_zero_ids(workdir: Path, fake_openai: Fake
     assert layouts[0]["source_http_request"] == {"method": "GET", "url": "https://county.example.com/parcel"}
     other = property_json_files(workdir / "output" / "777")
     assert any(v.get("request_identifier") == "777" for v in other.values() if isinstance(v, dict))
-    assert "777" in result.stdout + result.stderr or any("777" in str(n) for n in result.summary().get("notices", []))
+    assert "777" in result.stdout + result.stderr or any(
+        "777" in str(n) for n in result.summary().get("notices", [])
+    )
 
 
 def test_dry_run_sends_nothing_and_reports_the_plan(workdir: Path, fake_openai: FakeOpenAIServer) -> None:
@@ -233,7 +241,9 @@ def test_skipped_files_are_named_with_their_reason(workdir: Path, fake_openai: F
     assert fake_openai.successful_image_hashes() and len(fake_openai.successful_image_hashes()) == 1
 
 
-def test_rerun_sends_nothing_new_and_rebuilds_the_same_output(workdir: Path, fake_openai: FakeOpenAIServer) -> None:
+def test_rerun_sends_nothing_new_and_rebuilds_the_same_output(
+    workdir: Path, fake_openai: FakeOpenAIServer
+) -> None:
     make_tree(workdir / "images", {"p1": {"kitchen": 12, "bedroom": 2}})
     assert invoke(run_args(fake_openai, "--parallel-categories")).exit_code == 0
     first = property_json_files(workdir / "output" / "p1")

@@ -102,8 +102,10 @@ class Asker:
         self._controller = controller
         self._max_cost = max_cost
 
-    async def ask(self, where: Where, request: ModelRequest, parse: AnswerParser) -> tuple[dict[str, Any], Usage]:
-        """Send, check and parse; re-ask once on an unusable answer. Returns the answer and its total usage."""
+    async def ask(
+        self, where: Where, request: ModelRequest, parse: AnswerParser
+    ) -> tuple[dict[str, Any], Usage]:
+        """Send, check and parse; re-ask once on an unusable answer. Returns the answer and total usage."""
         spent = Usage()
         last_problem: AnswerError | None = None
         for attempt in (1, 2):
@@ -126,7 +128,9 @@ class Asker:
             return
         estimate = self._prices.cost(
             request.model,
-            Usage(prompt_tokens=request.estimated_prompt_tokens, completion_tokens=ESTIMATED_COMPLETION_TOKENS),
+            Usage(
+                prompt_tokens=request.estimated_prompt_tokens, completion_tokens=ESTIMATED_COMPLETION_TOKENS
+            ),
         )
         if self._ledger.spent_usd + (estimate or 0.0) > self._max_cost:
             self._controller.stop("budget reached", exit_code=1)
@@ -166,9 +170,7 @@ def _where(where: Where) -> dict[str, Any]:
     return {"property_id": where.property_id, "category": where.category, "batch_index": where.batch_index}
 
 
-def _with_correction(
-    messages: Any, problem: AnswerError, attempt: int
-) -> list[Mapping[str, Any]]:
+def _with_correction(messages: Any, problem: AnswerError, attempt: int) -> list[Mapping[str, Any]]:
     """The re-ask repeats the request with one line saying what was wrong with the first answer."""
     note = {
         "role": "user",

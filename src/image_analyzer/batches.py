@@ -47,7 +47,10 @@ class BatchRunner:
                 return BatchOutcome(plan=plan, status="empty", reason="no usable image in this batch")
             request, key = self._build_request(plan, images)
             planned = BatchOutcome(
-                plan=plan, status="planned", images=images, key=key,
+                plan=plan,
+                status="planned",
+                images=images,
+                key=key,
                 estimated_prompt_tokens=request.estimated_prompt_tokens,
             )
             self.totals.planned_requests += 1
@@ -67,7 +70,10 @@ class BatchRunner:
 
     async def _prepare_all(self, plan: BatchPlan) -> list[PreparedImage]:
         results = await asyncio.gather(
-            *(self._prepare_one(plan, ref, image_id) for ref, image_id in zip(plan.refs, plan.image_ids, strict=True))
+            *(
+                self._prepare_one(plan, ref, image_id)
+                for ref, image_id in zip(plan.refs, plan.image_ids, strict=True)
+            )
         )
         return [image for image in results if image is not None]
 
@@ -94,7 +100,9 @@ class BatchRunner:
 
     def _skip(self, plan: BatchPlan, location: str, reason: str) -> None:
         self.bus.emit(
-            ImageSkipped(location=location, reason=reason, property_id=plan.property_id, category=plan.category)
+            ImageSkipped(
+                location=location, reason=reason, property_id=plan.property_id, category=plan.category
+            )
         )
 
     # --- request ---------------------------------------------------------------------------------------
@@ -114,7 +122,8 @@ class BatchRunner:
         return planned
 
     async def _ask(self, planned: BatchOutcome, request: ModelRequest) -> BatchOutcome:
-        assert self.asker is not None and planned.key is not None
+        assert self.asker is not None
+        assert planned.key is not None
         plan, ids = planned.plan, [image.image_id for image in planned.images]
         self.bus.emit(
             BatchStarted(
@@ -185,13 +194,26 @@ class BatchRunner:
 
     def report_outcome(self, outcome: BatchOutcome) -> None:
         plan = outcome.plan
-        where = {"property_id": plan.property_id, "category": plan.category, "batch_index": plan.index}
+        pid, category, index = plan.property_id, plan.category, plan.index
         if outcome.status == "answered":
-            self.bus.emit(BatchFinished(**where, batch_count=plan.count, images=len(outcome.images)))
+            self.bus.emit(
+                BatchFinished(
+                    property_id=pid,
+                    category=category,
+                    batch_index=index,
+                    batch_count=plan.count,
+                    images=len(outcome.images),
+                )
+            )
         elif outcome.status == "reused":
-            self.bus.emit(BatchReused(**where, images=len(outcome.images)))
+            self.bus.emit(
+                BatchReused(property_id=pid, category=category, batch_index=index, images=len(outcome.images))
+            )
         elif outcome.status == "failed":
-            self.bus.emit(BatchFailedEvent(**where, reason=outcome.reason or "failed"))
+            reason = outcome.reason or "failed"
+            self.bus.emit(
+                BatchFailedEvent(property_id=pid, category=category, batch_index=index, reason=reason)
+            )
             self._skip_images(outcome, f"batch failed: {outcome.reason}")
         elif outcome.status == "not_started":
             self._skip_images(outcome, f"not analysed: {outcome.reason}")
@@ -232,7 +254,9 @@ def build_batch_request(
     estimate = prompt_tokens(
         texts=(system, user, *(f"image_id: {i}" for i in ids)),
         response_format=fmt,
-        image_tokens=(estimate_image_tokens(settings.model, i.width, i.height, settings.detail) for i in images),
+        image_tokens=(
+            estimate_image_tokens(settings.model, i.width, i.height, settings.detail) for i in images
+        ),
     )
     key = batch_key(
         property_id=plan.property_id,

@@ -118,7 +118,9 @@ def identity_groups(entries: Sequence[RoomEntry]) -> list[list[str]]:
     return [[e.ref] for e in entries]
 
 
-def apply_groups(answers: Mapping[int, dict[str, Any]], groups: Sequence[Sequence[str]]) -> dict[int, dict[str, Any]]:
+def apply_groups(
+    answers: Mapping[int, dict[str, Any]], groups: Sequence[Sequence[str]]
+) -> dict[int, dict[str, Any]]:
     """Rewrite every room's key to its group's key so rooms joined across batches merge into one layout."""
     group_of = {ref: f"room{i + 1}" for i, group in enumerate(groups) for ref in group}
     rewritten: dict[int, dict[str, Any]] = {}

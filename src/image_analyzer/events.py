@@ -7,10 +7,13 @@ progress lines, the JSON-lines file and the log all read this one stream. No I/O
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+_log = logging.getLogger("image_analyzer.events")
 
 
 def _now() -> float:
@@ -216,15 +219,15 @@ class EventBus:
         for reporter in self._reporters:
             try:
                 reporter.handle(event)
-            except Exception:  # noqa: BLE001 - a display bug must not lose work
-                continue
+            except Exception:  # a display bug must not lose work
+                _log.debug("reporter %r failed on %s", reporter, event.name, exc_info=True)
 
     def close(self) -> None:
         for reporter in self._reporters:
             try:
                 reporter.close()
-            except Exception:  # noqa: BLE001
-                continue
+            except Exception:
+                _log.debug("reporter %r failed to close", reporter, exc_info=True)
 
 
 class RecordingReporter:

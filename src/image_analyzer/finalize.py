@@ -7,7 +7,6 @@ import time
 from typing import Any
 
 from image_analyzer.asking import Asker, BatchFailed, NotStarted, Where
-from image_analyzer.cost import CostLedger
 from image_analyzer.consolidate import (
     CONSOLIDATION_VERSION,
     apply_groups,
@@ -17,6 +16,7 @@ from image_analyzer.consolidate import (
     parse_groups,
     room_entries,
 )
+from image_analyzer.cost import CostLedger
 from image_analyzer.domain import ModelRequest, Provenance
 from image_analyzer.errors import ImageAnalyzerError
 from image_analyzer.estimate import prompt_tokens
@@ -170,7 +170,9 @@ class PropertyWriter:
 
 
 def _category_failed(job: CategoryJob) -> bool:
-    return job.failure is not None or any(o.status in ("failed", "not_started") for o in job.outcomes.values())
+    return job.failure is not None or any(
+        o.status in ("failed", "not_started") for o in job.outcomes.values()
+    )
 
 
 def _consolidation_key(job: CategoryJob, model: str) -> str:

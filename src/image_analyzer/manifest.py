@@ -37,7 +37,15 @@ def batch_key(
 ) -> str:
     """Content-addressed identity of one batch request: same inputs, same key, same answer reused."""
     material = json.dumps(
-        [MANIFEST_VERSION, property_id, category, list(image_hashes), model, prompt_version, schema_fingerprint],
+        [
+            MANIFEST_VERSION,
+            property_id,
+            category,
+            list(image_hashes),
+            model,
+            prompt_version,
+            schema_fingerprint,
+        ],
         separators=(",", ":"),
     )
     return hashlib.sha256(material.encode()).hexdigest()

@@ -181,7 +181,9 @@ class Pipeline:
             yield property_id
         if seeded is not None and self.settings.all_properties:
             for missing in sorted(seeded - seen):
-                self.bus.emit(Notice(level="warning", message=f"seed.csv lists {missing} but it has no folder"))
+                self.bus.emit(
+                    Notice(level="warning", message=f"seed.csv lists {missing} but it has no folder")
+                )
 
     def _seeded_ids(self) -> set[str] | None:
         if not self.settings.only_seeded:

@@ -112,7 +112,10 @@ def make_store(settings: Settings) -> tuple[OutputStore, Path]:
         from image_analyzer.s3_store import S3Store
 
         store = S3Store.from_url(
-            settings.output_dir, endpoint_url=settings.endpoint_url, region=settings.region, profile=settings.profile
+            settings.output_dir,
+            endpoint_url=settings.endpoint_url,
+            region=settings.region,
+            profile=settings.profile,
         )
         digest = hashlib.sha256(settings.output_dir.encode()).hexdigest()[:16]
         return store, user_state_path("image-analyzer") / digest
@@ -129,7 +132,9 @@ def make_model(settings: Settings) -> VisionModel | None:
 
     key = settings.api_key_value()
     assert key is not None
-    inner = OpenAIVisionModel(api_key=key, base_url=settings.base_url, max_connections=settings.max_workers + 4)
+    inner = OpenAIVisionModel(
+        api_key=key, base_url=settings.base_url, max_connections=settings.max_workers + 4
+    )
     return LimitedModel(inner, RateLimiter(rpm=settings.rpm, tpm=settings.tpm))
 
 
@@ -160,7 +165,11 @@ async def _run(settings: Settings, display: Display) -> int:
     prices = PriceTable.from_file(settings.prices_file) if settings.prices_file else PriceTable.builtin()
     seed = _seed(settings)
     if prices.price_for(settings.model) is None:
-        bus.emit(Notice(level="warning", message=f"no price known for model {settings.model}: cost shown as unknown"))
+        bus.emit(
+            Notice(
+                level="warning", message=f"no price known for model {settings.model}: cost shown as unknown"
+            )
+        )
     source = make_source(settings)
     store, state_dir = make_store(settings)
     lock = RunLock(state_dir / "lock")

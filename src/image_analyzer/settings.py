@@ -97,7 +97,11 @@ class Settings(BaseSettings):
         return self.api_key.get_secret_value() if self.api_key else None
 
 
-_FLAG_NAMES = {"property_ids": "--property-id", "prices_file": "--prices", "bucket": "--bucket / S3_BUCKET_NAME"}
+_FLAG_NAMES = {
+    "property_ids": "--property-id",
+    "prices_file": "--prices",
+    "bucket": "--bucket / S3_BUCKET_NAME",
+}
 
 
 def flag_name(field: str) -> str:
