@@ -98,9 +98,10 @@ def test_tables_show_the_right_totals(output_dir: Path) -> None:
     lines = text.splitlines()
 
     def row(first: str, table_title: str) -> list[str]:
+        """The cells of the first row in the titled table whose leading cells are `first`."""
         start = lines.index(next(line for line in lines if line.strip() == table_title))
-        line = next(line for line in lines[start:] if line.strip().startswith(first))
-        return line.split()
+        lead = first.split()
+        return next(line.split() for line in lines[start:] if line.split()[: len(lead)] == lead)
 
     assert row(RUN_ID, "Runs") == [
         RUN_ID,
@@ -119,7 +120,7 @@ def test_tables_show_the_right_totals(output_dir: Path) -> None:
     ]
     earlier = ["0:01:05", "gpt-4.1-mini", "1", "30", "0", "0", "24,000", "2,400", "$0.0468", "0"]
     assert row(EARLIER_RUN, "Runs")[3:] == earlier
-    assert row(f"{RUN_ID}   {PID}", "Properties") == [
+    assert row(f"{RUN_ID} {PID}", "Properties") == [
         RUN_ID,
         PID,
         "12",
@@ -130,7 +131,7 @@ def test_tables_show_the_right_totals(output_dir: Path) -> None:
         "$0.0234",
         "0:00:09",
     ]
-    assert row(f"{EARLIER_RUN}   {PID3}", "Properties")[4] == "-"
+    assert row(f"{EARLIER_RUN} {PID3}", "Properties")[4] == "-"
     assert text.index(EARLIER_RUN) < text.index(RUN_ID)  # oldest first
     assert (
         "2 run(s) · 3 property result(s) · 46 images analysed · 1 skipped · 1 failed categories · "
@@ -269,3 +270,16 @@ def test_unknown_cost_dry_run_and_old_summaries_render(tmp_path: Path) -> None:
     empty = Console(record=True, width=80, force_terminal=False, color_system=None)
     render_report([], empty)
     assert "No run summaries found." in empty.export_text()
+
+
+def test_narrow_report_keeps_what_matters_within_80_columns(output_dir: Path) -> None:
+    console = Console(record=True, width=80, force_terminal=False, color_system=None)
+    render_report(load_run_summaries(output_dir, on_problem=lambda _: None), console)
+    lines = console.export_text().splitlines()
+    assert max(len(line.rstrip()) for line in lines) <= 80
+    assert "…" not in "".join(lines)  # nothing cut
+    later = next(line.split() for line in lines if line.startswith(RUN_ID))
+    assert later == [RUN_ID, "11-30", "05:42", "16", "1", "1", "$0.0312", "1"]
+    assert f"Properties of run {RUN_ID}" in [line.strip() for line in lines]
+    pid_row = next(line.split() for line in lines if line.startswith(PID))
+    assert pid_row == [PID, "12", "1", "kitchen", "19.6k", "$0.0234", "0:00:09"]

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from image_analyzer.errors import ConfigError, OutputError
-from image_analyzer.runstate import format_cost, format_duration
+from image_analyzer.runstate import format_cost, format_count, format_duration
 from image_analyzer.store import RUNS_DIR, atomic_write, describe_os_error
 
 if TYPE_CHECKING:
@@ -281,13 +281,14 @@ def _cost_cell(entry: dict[str, Any], estimated: bool = False) -> str:
     return f"~{text} (est.)" if estimated and text != "unknown" else text
 
 
-def _started_cell(value: Any) -> str:
+def _started_cell(value: Any, *, short: bool = False) -> str:
     moment = _timestamp(value)
     if moment is None:
         return str(value) if value else "-"
-    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%d %H:%M")
+    return datetime.fromtimestamp(moment, UTC).strftime("%m-%d %H:%M" if short else "%Y-%m-%d %H:%M")
 
 
+WIDE_REPORT = 120
 RUN_COLUMNS = (
     "Run",
     "Started (UTC)",
@@ -313,65 +314,106 @@ PROPERTY_COLUMNS = (
     "Cost",
     "Duration",
 )
+# Under WIDE_REPORT columns (a pipe, a narrow terminal) the tables keep what identifies and matters.
+NARROW_RUN_COLUMNS = ("Run", "Started (UTC)", "Images", "Skipped", "Failed", "Cost", "Exit")
+NARROW_PROPERTY_COLUMNS = ("Property", "Images", "Skipped", "Failed", "Tokens", "Cost", "Duration")
+_LEFT = ("Run", "Started (UTC)", "Model", "Property", "Failed categories")
 
 
-def _table(title: str, headers: tuple[str, ...], *, left: tuple[str, ...]) -> Table:
+def _table(title: str, headers: tuple[str, ...]) -> Table:
     from rich import box
     from rich.table import Table
 
-    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
+    table = Table(
+        title=title,
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        collapse_padding=True,
+    )
     for header in headers:
-        if header in left:
-            table.add_column(header, no_wrap=header != "Failed categories")
+        if header in _LEFT or (header == "Failed" and "Property" in headers):
+            wraps = header in ("Failed categories", "Failed")
+            table.add_column(header, no_wrap=not wraps, min_width=8 if wraps else None)
         else:
             table.add_column(header, justify="right", no_wrap=True)
     return table
 
 
+def _run_cells(run: dict[str, Any], narrow: bool) -> dict[str, str]:
+    label = str(run.get("run_id")) + (" (dry run)" if run.get("dry_run") else "")
+    if run.get("shards"):
+        label += f" ({len(run['shards'])} shards)"
+    return {
+        "Run": label,
+        "Started (UTC)": _started_cell(run.get("started_at"), short=narrow),
+        "Duration": format_duration(run["duration_s"]),
+        "Model": str(run.get("model") or "-"),
+        "Properties": f"{len(run['properties']):,}",
+        "Images": f"{run['images_analysed']:,}",
+        "Skipped": f"{run['skipped']:,}",
+        "Failed": f"{len(run['failed_categories']):,}",
+        "Tokens in": f"{run['prompt_tokens']:,}",
+        "Tokens out": f"{run['completion_tokens']:,}",
+        "Cost": _cost_cell(run, bool(run.get("estimated"))),
+        "Exit": "-" if run.get("exit_code") is None else str(run["exit_code"]),
+    }
+
+
+def _property_cells(run: dict[str, Any], pid: str, prop: dict[str, Any]) -> dict[str, str]:
+    return {
+        "Run": str(run.get("run_id")),
+        "Property": pid,
+        "Images": f"{prop['images_analysed']:,}",
+        "Skipped": f"{prop['skipped']:,}",
+        "Failed categories": ", ".join(prop["failed_categories"]) or "-",
+        "Failed": ", ".join(prop["failed_categories"]) or "-",
+        "Tokens in": f"{prop['prompt_tokens']:,}",
+        "Tokens out": f"{prop['completion_tokens']:,}",
+        "Tokens": format_count(prop["prompt_tokens"] + prop["completion_tokens"]),
+        "Cost": _cost_cell(prop, bool(run.get("estimated"))),
+        "Duration": format_duration(prop["duration_s"]),
+    }
+
+
+def _print_properties(
+    console: Console, runs: list[dict[str, Any]], columns: tuple[str, ...], title: str
+) -> None:
+    table = _table(title, columns)
+    for run in runs:
+        for pid, prop in run["properties"].items():
+            cells = _property_cells(run, pid, prop)
+            table.add_row(*(cells[c] for c in columns))
+    if table.rows:
+        console.print(table)
+        console.line()
+
+
 def render_report(summaries: list[dict[str, Any]], console: Console) -> None:
-    """A table of runs, a table of properties per run, and the totals."""
+    """A table of runs, a table of properties per run, and the totals; fewer columns when narrow."""
     runs = merge_runs(summaries)
     if not runs:
         console.print("No run summaries found.")
         return
+    narrow = console.width < WIDE_REPORT
 
-    run_table = _table("Runs", RUN_COLUMNS, left=("Run", "Started (UTC)", "Model"))
+    run_columns = NARROW_RUN_COLUMNS if narrow else RUN_COLUMNS
+    run_table = _table("Runs", run_columns)
     for run in runs:
-        label = str(run.get("run_id")) + (" (dry run)" if run.get("dry_run") else "")
-        if run.get("shards"):
-            label += f" ({len(run['shards'])} shards)"
-        run_table.add_row(
-            label,
-            _started_cell(run.get("started_at")),
-            format_duration(run["duration_s"]),
-            str(run.get("model") or "-"),
-            f"{len(run['properties']):,}",
-            f"{run['images_analysed']:,}",
-            f"{run['skipped']:,}",
-            f"{len(run['failed_categories']):,}",
-            f"{run['prompt_tokens']:,}",
-            f"{run['completion_tokens']:,}",
-            _cost_cell(run, bool(run.get("estimated"))),
-            "-" if run.get("exit_code") is None else str(run["exit_code"]),
-        )
+        cells = _run_cells(run, narrow)
+        run_table.add_row(*(cells[c] for c in run_columns))
     console.print(run_table)
+    console.line()
 
-    prop_table = _table("Properties", PROPERTY_COLUMNS, left=("Run", "Property", "Failed categories"))
-    for run in runs:
-        for pid, prop in run["properties"].items():
-            prop_table.add_row(
-                str(run.get("run_id")),
-                pid,
-                f"{prop['images_analysed']:,}",
-                f"{prop['skipped']:,}",
-                ", ".join(prop["failed_categories"]) or "-",
-                f"{prop['prompt_tokens']:,}",
-                f"{prop['completion_tokens']:,}",
-                _cost_cell(prop, bool(run.get("estimated"))),
-                format_duration(prop["duration_s"]),
+    if narrow:
+        # No room for a run column: one table per run.
+        for run in runs:
+            _print_properties(
+                console, [run], NARROW_PROPERTY_COLUMNS, f"Properties of run {run.get('run_id')}"
             )
-    if prop_table.rows:
-        console.print(prop_table)
+    else:
+        _print_properties(console, runs, PROPERTY_COLUMNS, "Properties")
 
     totals = _totals(runs)
     console.print(
