@@ -7,14 +7,15 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from image_analyzer.asking import Asker, BatchFailed, NotStarted, Where
-from image_analyzer.domain import ModelRequest, PreparedImage
+from image_analyzer.asking import ESTIMATED_COMPLETION_TOKENS, Asker, BatchFailed, NotStarted, Where
+from image_analyzer.domain import ModelRequest, PreparedImage, Usage
 from image_analyzer.errors import ImageAnalyzerError, ModelCallError, SourceError
 from image_analyzer.events import (
     BatchFailed as BatchFailedEvent,
 )
 from image_analyzer.events import (
     BatchFinished,
+    BatchPlanned,
     BatchReused,
     BatchStarted,
     ImageSkipped,
@@ -56,6 +57,7 @@ class BatchRunner:
             self.totals.planned_requests += 1
             self.totals.estimated_prompt_tokens += request.estimated_prompt_tokens
             if self.settings.dry_run:
+                self._report_planned(planned)
                 return planned
             reused = self._reuse(planned)
             if reused is not None:
@@ -191,6 +193,24 @@ class BatchRunner:
             await self.deps.store.write_bytes(f"{folder}/{name}", image.data)
 
     # --- events ----------------------------------------------------------------------------------------
+
+    def _report_planned(self, planned: BatchOutcome) -> None:
+        plan = planned.plan
+        usage = Usage(
+            prompt_tokens=planned.estimated_prompt_tokens, completion_tokens=ESTIMATED_COMPLETION_TOKENS
+        )
+        self.bus.emit(
+            BatchPlanned(
+                property_id=plan.property_id,
+                category=plan.category,
+                batch_index=plan.index,
+                batch_count=plan.count,
+                images=len(planned.images),
+                estimated_prompt_tokens=usage.prompt_tokens,
+                estimated_completion_tokens=usage.completion_tokens,
+                estimated_cost_usd=self.deps.prices.cost(self.settings.model, usage),
+            )
+        )
 
     def report_outcome(self, outcome: BatchOutcome) -> None:
         plan = outcome.plan

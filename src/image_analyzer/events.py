@@ -87,6 +87,20 @@ class BatchStarted(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class BatchPlanned(Event):
+    """A dry run's batch: what would be sent, and what it is estimated to cost. Nothing is sent."""
+
+    property_id: str
+    category: str
+    batch_index: int
+    batch_count: int
+    images: int
+    estimated_prompt_tokens: int
+    estimated_completion_tokens: int
+    estimated_cost_usd: float | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class BatchReused(Event):
     """A batch answered by an earlier run (resume): nothing is sent, nothing is spent."""
 
