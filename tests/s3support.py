@@ -189,7 +189,7 @@ class FixtureBucket:
 
 
 def boto3_client(endpoint: str, *, access_key: str | None = None, secret_key: str | None = None) -> Any:
-    import boto3
+    import boto3  # type: ignore[import-untyped]
     from botocore.config import Config
 
     config = Config(
