@@ -98,6 +98,21 @@ def test_plain_has_no_ansi_and_mentions_why_a_run_stopped() -> None:
     assert lines[-1] == "Stopped early: budget of $10.00 reached"
 
 
+def test_plain_shows_a_dry_run_estimate() -> None:
+    events = complete_run_script().events
+    estimate = {"estimated": True, "requests": 12, "prompt_tokens": 50_000, "completion_tokens": 9_000}
+    events[-1] = ev.RunFinished(
+        at=events[-1].at, run_id=RUN_ID, summary={**estimate, "cost_usd": 0.25}, exit_code=0
+    )
+    assert plain_output(events)[-1] == (
+        "Dry run estimate: 12 requests, 50,000 prompt + 9,000 completion tokens, cost $0.2500"
+    )
+    events[-1] = ev.RunFinished(
+        at=events[-1].at, run_id=RUN_ID, summary={**estimate, "cost_usd": None}, exit_code=0
+    )
+    assert plain_output(events)[-1].endswith("cost unknown")
+
+
 def test_plain_falls_back_to_ascii_on_an_ascii_stream() -> None:
     raw = io.BytesIO()
     stream = io.TextIOWrapper(raw, encoding="ascii", newline="\n")

@@ -63,7 +63,7 @@ class PlainReporter:
                 if not self._quiet or line.level != INFO:
                     self._write(self._format(line))
             if isinstance(event, ev.RunFinished):
-                for text in summary_lines(self._state, stopped_reason=event.summary.get("stopped_reason")):
+                for text in summary_lines(self._state, run_summary=event.summary):
                     self._write(text)
         except Exception:  # a display problem must never stop the run
             _log.debug("plain reporter failed on %s", event.name, exc_info=True)
@@ -94,8 +94,11 @@ class PlainReporter:
             self._broken = True
 
 
-def summary_lines(state: RunState, *, stopped_reason: str | None = None) -> list[str]:
-    """The end-of-run table, as plain text lines that read well in a CI log."""
+def summary_lines(state: RunState, *, run_summary: dict[str, Any] | None = None) -> list[str]:
+    """The end-of-run table, as plain text lines that read well in a CI log.
+
+    `run_summary` (what `RunFinished` carries) adds why a run stopped early and a dry run's estimate."""
+    run_summary = run_summary or {}
     header = ("Property", "Images", "Skipped", "Requests", "Tokens in", "Tokens out", "Cost", "Failed")
     rows: list[tuple[str, ...]] = []
     for pid, prop in state.properties.items():
@@ -141,9 +144,21 @@ def summary_lines(state: RunState, *, stopped_reason: str | None = None) -> list
     )
     for failed in state.failed_categories:
         lines.append(f"Failed: {failed['property_id']} / {failed['category']}: {failed['reason']}")
-    if stopped_reason:
-        lines.append(f"Stopped early: {stopped_reason}")
+    if run_summary.get("estimated"):
+        lines.append(_estimate_line(run_summary))
+    if run_summary.get("stopped_reason"):
+        lines.append(f"Stopped early: {run_summary['stopped_reason']}")
     return lines
+
+
+def _estimate_line(run_summary: dict[str, Any]) -> str:
+    cost = run_summary.get("cost_usd")
+    known = bool(run_summary.get("cost_known", cost is not None))
+    return (
+        f"Dry run estimate: {run_summary.get('requests', 0):,} requests, "
+        f"{run_summary.get('prompt_tokens', 0):,} prompt + {run_summary.get('completion_tokens', 0):,} "
+        f"completion tokens, cost {format_cost(cost if isinstance(cost, (int, float)) else None, known)}"
+    )
 
 
 class JsonLinesReporter:
