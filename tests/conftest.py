@@ -10,6 +10,8 @@ import pytest
 
 from tests.fakeopenai import FakeOpenAIServer
 
+pytest_plugins = ["tests.s3support"]
+
 
 @pytest.fixture
 def anyio_backend() -> str:

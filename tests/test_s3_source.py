@@ -19,7 +19,6 @@ if TYPE_CHECKING:
 
     from tests.s3support import FixtureBucket
 
-pytest_plugins = ["tests.s3support"]
 pytestmark = pytest.mark.anyio
 
 

@@ -18,7 +18,6 @@ if TYPE_CHECKING:
 
     from tests.s3support import FixtureBucket, SeaweedS3
 
-pytest_plugins = ["tests.s3support"]
 pytestmark = pytest.mark.anyio
 
 
