@@ -432,6 +432,24 @@ class RunState:
         self._prune_window(event.at)
         self._resume(row)
 
+    def _on_batch_planned(self, event: ev.BatchPlanned) -> None:
+        """A dry run counts what it would send: estimated requests, tokens and cost, nothing spent."""
+        estimate = Usage(
+            requests=1,
+            prompt_tokens=event.estimated_prompt_tokens,
+            completion_tokens=event.estimated_completion_tokens,
+            cost_usd=event.estimated_cost_usd or 0.0,
+            unknown_cost_requests=0 if event.estimated_cost_usd is not None else 1,
+        )
+        row = self.category_row(event.property_id, event.category, event.at)
+        prop = self.property_row(event.property_id, event.at)
+        row.usage.add(estimate)
+        prop.usage.add(estimate)
+        self.usage.add(estimate)
+        row.batches = max(row.batches, event.batch_count)
+        row.batches_done += 1
+        self._add_done_images(row, prop, event.images)
+
     def _on_batch_finished(self, event: ev.BatchFinished) -> None:
         self.in_flight.discard((event.property_id, event.category, event.batch_index))
         row = self.category_row(event.property_id, event.category, event.at)
@@ -718,6 +736,11 @@ def describe(event: ev.Event, state: RunState) -> tuple[Line, ...]:
         case ev.CategoryFinished():
             row = state.rows.get((event.property_id, event.category))
             cost = format_cost(row.usage.cost_usd, row.usage.cost_known) if row else "unknown"
+            if state.dry_run and row is not None:
+                requests = _plural(row.usage.requests, "request")
+                tokens = f"~{row.usage.tokens:,} tokens"
+                text = f"Planned category {event.category}: {requests}, {tokens} (est. {cost})"
+                return (Line(INFO, "📝", text),)
             return (Line(INFO, "✅", f"Completed category {event.category} (Cost: {cost})"),)
         case ev.CategoryFailed():
             text = f"Category {event.category} failed for {event.property_id}: {event.reason}"
@@ -778,6 +801,7 @@ _HANDLERS: dict[type[ev.Event], Any] = {
     ev.CategoryStarted: RunState._on_category_started,
     ev.BatchStarted: RunState._on_batch_started,
     ev.BatchReused: RunState._on_batch_reused,
+    ev.BatchPlanned: RunState._on_batch_planned,
     ev.RequestRetry: RunState._on_request_retry,
     ev.AnswerRejected: RunState._on_answer_rejected,
     ev.RequestCost: RunState._on_request_cost,
