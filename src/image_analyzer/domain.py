@@ -77,6 +77,10 @@ class ImageSource(Protocol):
 
     async def read(self, ref: ImageRef) -> bytes: ...
 
+    def root_skipped(self) -> tuple[SkippedFile, ...]:
+        """Files found directly under the root (not inside a property folder) by `property_ids`."""
+        ...
+
     async def aclose(self) -> None: ...
 
 

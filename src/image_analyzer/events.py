@@ -44,6 +44,8 @@ class RunStarted(Event):
     category_workers: int
     max_workers: int
     max_cost_usd: float | None = None
+    rpm_limit: int | None = None
+    tpm_limit: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

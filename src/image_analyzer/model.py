@@ -107,7 +107,7 @@ class OpenAIVisionModel:
         )
 
     # `timeout` is part of the VisionModel protocol; it is applied with asyncio.wait_for below.
-    async def complete(self, request: ModelRequest, *, timeout: float) -> ModelResponse:  # noqa: ASYNC109
+    async def complete(self, request: ModelRequest, *, timeout: float) -> ModelResponse:
         call = self._client.chat.completions.with_raw_response.create(
             **request_kwargs(request), timeout=timeout + _SDK_TIMEOUT_MARGIN_S
         )

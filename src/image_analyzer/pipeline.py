@@ -123,6 +123,8 @@ class Pipeline:
                 category_workers=self.settings.category_workers if self.parallel else 1,
                 max_workers=self.settings.max_workers,
                 max_cost_usd=self.settings.max_cost,
+                rpm_limit=self.settings.rpm,
+                tpm_limit=self.settings.tpm,
             )
         )
         work = asyncio.create_task(self._run_all_properties())
@@ -199,6 +201,8 @@ class Pipeline:
             return
         async for property_id in self.deps.source.property_ids():
             yield property_id
+        for skipped in self.deps.source.root_skipped():
+            self.bus.emit(ImageSkipped(location=skipped.location, reason=skipped.reason))
 
     # --- one property --------------------------------------------------------------------------------
 

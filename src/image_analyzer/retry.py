@@ -51,7 +51,7 @@ async def send_with_retries(
     model: VisionModel,
     request: ModelRequest,
     *,
-    timeout: float,  # noqa: ASYNC109 - per attempt, passed on to model.complete
+    timeout: float,
     policy: RetryPolicy,
     on_retry: Callable[[int, float, ModelCallError], None],
     before_attempt: Callable[[], Awaitable[None]] | None = None,

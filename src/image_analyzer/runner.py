@@ -17,7 +17,7 @@ from typing import Any
 from image_analyzer.control import EXIT_INTERRUPTED, EXIT_TERMINATED, StopController
 from image_analyzer.domain import ImageSource, VisionModel
 from image_analyzer.errors import ConfigError
-from image_analyzer.events import Event, EventBus, Notice, Reporter, RunFinished
+from image_analyzer.events import EventBus, Notice, Reporter, RunFinished
 from image_analyzer.settings import Settings
 from image_analyzer.store import MANIFEST_NAME, RUNS_DIR, STATE_DIR, LocalStore, OutputStore
 
@@ -57,25 +57,14 @@ def setup_logging(settings: Settings) -> None:
     root.propagate = False
 
 
-class _StateReporter:
-    """Feeds the run state that becomes the run summary."""
-
-    def __init__(self, state: Any) -> None:
-        self.state = state
-
-    def handle(self, event: Event) -> None:
-        self.state.apply(event)
-
-    def close(self) -> None:
-        return None
-
-
 def _reporters(settings: Settings, display: Display) -> list[Reporter]:
     from image_analyzer.reporters import JsonLinesReporter, LogReporter, PlainReporter
 
     reporters: list[Reporter] = [LogReporter(log)]
     if display.events_file is not None:
-        reporters.append(JsonLinesReporter(display.events_file))
+        events = JsonLinesReporter(display.events_file)
+        events.open()
+        reporters.append(events)
     stream = sys.stderr if display.json_output else sys.stdout
     if not display.no_dashboard and stream.isatty():
         from image_analyzer.dashboard import Dashboard
@@ -160,7 +149,7 @@ async def _run(settings: Settings, display: Display) -> int:
 
     run_id = new_run_id()
     state = RunState()
-    bus = EventBus([_StateReporter(state), *_reporters(settings, display)])
+    bus = EventBus([state, *_reporters(settings, display)])
     schema_set = SchemaSet.load(settings.schema_set)
     prices = PriceTable.from_file(settings.prices_file) if settings.prices_file else PriceTable.builtin()
     seed = _seed(settings)
@@ -181,6 +170,7 @@ async def _run(settings: Settings, display: Display) -> int:
     started = time.time()
     try:
         manifest.load()
+        await store.check()
         await source.check()
         model = make_model(settings)
         deps = RunDeps(

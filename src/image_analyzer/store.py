@@ -31,6 +31,10 @@ class OutputStore(Protocol):
 
     def describe(self) -> str: ...
 
+    async def check(self) -> None:
+        """Fail fast with a one-line error when the destination cannot be written at all."""
+        ...
+
     async def write_bytes(self, relpath: str, data: bytes) -> None: ...
 
     async def read_bytes(self, relpath: str) -> bytes | None:
@@ -89,6 +93,14 @@ class LocalStore:
 
     def describe(self) -> str:
         return str(self.root)
+
+    async def check(self) -> None:
+        if self.root.exists() and not self.root.is_dir():
+            raise OutputError(f"--output-dir {self.root} is a file, not a folder")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"--output-dir: {describe_os_error(exc, self.root)}") from exc
 
     def _path(self, relpath: str) -> Path:
         return self.root.joinpath(*safe_relpath(relpath).parts)
