@@ -151,7 +151,9 @@ class Pipeline:
     async def _wait_grace(self, work: asyncio.Task[None]) -> None:
         immediate = asyncio.create_task(self.controller.wait_immediate())
         try:
-            await asyncio.wait({work, immediate}, timeout=self.settings.grace_seconds)
+            await asyncio.wait(
+                {work, immediate}, timeout=self.settings.grace_seconds, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             immediate.cancel()
         if not work.done():
