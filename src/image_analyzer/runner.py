@@ -170,7 +170,8 @@ async def _run(settings: Settings, display: Display) -> int:
     started = time.time()
     try:
         manifest.load()
-        await store.check()
+        if not settings.dry_run:
+            await store.check()
         await source.check()
         model = make_model(settings)
         deps = RunDeps(
