@@ -30,6 +30,6 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty working directory and an environment without our variables (no stray key or .env)."""
     monkeypatch.chdir(tmp_path)
     for name in list(os.environ):
-        if name.startswith(("OPENAI_", "IMAGE_ANALYZER_", "AWS_")) or name == "S3_BUCKET_NAME":
+        if name.startswith(("OPENAI_", "IMAGE_ANALYZER_")) or name == "S3_BUCKET_NAME":
             monkeypatch.delenv(name)
     return tmp_path
