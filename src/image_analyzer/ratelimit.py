@@ -90,10 +90,10 @@ def _parse_count(text: str | None) -> int | None:
 class Reservation:
     """One admitted request: when it started and the tokens currently charged for it."""
 
-    __slots__ = ("_index", "_open", "_tokens", "_tokens_started_after", "estimated_tokens", "started_at")
+    __slots__ = ("_index", "_open", "_tokens", "_tokens_total_at_start", "estimated_tokens", "started_at")
 
     def __init__(
-        self, *, index: int, started_at: float, estimated_tokens: int, tokens_started_after: int
+        self, *, index: int, started_at: float, estimated_tokens: int, tokens_total_at_start: int
     ) -> None:
         self._index = index
         self.started_at = started_at
@@ -101,7 +101,7 @@ class Reservation:
         self._tokens = estimated_tokens
         # The running total of estimated tokens started, including this request: what started after it
         # is the total now minus this.
-        self._tokens_started_after = tokens_started_after
+        self._tokens_total_at_start = tokens_total_at_start
         self._open = True
 
     @property
@@ -212,7 +212,8 @@ class RateLimiter:
                 await self._sleep_unless_changed(delay)
 
     def settle(self, reservation: Reservation, actual_tokens: int | None) -> None:
-        """True the reservation up to the tokens the server counted (None: keep the estimate)."""
+        """True the reservation up to the tokens the server counted against the limit (None: keep the
+        estimate). OpenAI counts the prompt plus `max_tokens` at admission, not the tokens generated."""
         if not reservation._open:
             return
         reservation._open = False
@@ -244,7 +245,7 @@ class RateLimiter:
             snapshot_index, snapshot_time = reservation._index, reservation.started_at
             started_after = (
                 self._starts - reservation._index - 1,
-                self._tokens_started - reservation._tokens_started_after,
+                self._tokens_started - reservation._tokens_total_at_start,
             )
         for dimension, name in enumerate(("requests", "tokens")):
             limit = _parse_count(lowered.get(f"x-ratelimit-limit-{name}"))
@@ -396,7 +397,7 @@ class RateLimiter:
             index=self._starts - 1,
             started_at=now,
             estimated_tokens=cost,
-            tokens_started_after=self._tokens_started,
+            tokens_total_at_start=self._tokens_started,
         )
 
     def _recharge(self, reservation: Reservation, tokens: int) -> None:
