@@ -270,3 +270,22 @@ def test_installed_command_runs_end_to_end(tmp_path: Path, fake_openai: FakeOpen
     log_text = (tmp_path / "logs" / "ai-analyzer.log").read_text()
     assert "30434108090030050" in log_text and KEY not in log_text
     assert Counter(r.status for r in fake_openai.requests) == Counter({200: 2})
+
+
+def test_identical_images_in_a_category_are_sent_once_and_each_gets_a_file(
+    workdir: Path, fake_openai: FakeOpenAIServer
+) -> None:
+    made = make_tree(workdir / "images", {"p1": {"kitchen": 3}})
+    folder = made["p1/kitchen"][0].parent
+    (folder / "z_copy_of_first.jpg").write_bytes(made["p1/kitchen"][0].read_bytes())
+    (folder / "z_copy_again.jpg").write_bytes(made["p1/kitchen"][0].read_bytes())
+    result = invoke(run_args(fake_openai))
+    assert result.exit_code == 0, result.stderr
+    (request,) = fake_openai.requests
+    assert request.image_count == 3
+    summary = result.summary()
+    assert summary["duplicate_images"] == 2
+    assert summary["images_analysed"] == 5
+    files = property_json_files(workdir / "output" / "p1")
+    assert sum(1 for name in files if name.startswith("file_")) == 5
+    assert invoke(["validate", "output"]).exit_code == 0

@@ -187,10 +187,13 @@ class BatchRunner:
         )
 
     async def _write_images(self, plan: BatchPlan, images: list[PreparedImage]) -> None:
+        """Copy each analysed image, and each identical copy of it, beside its file object."""
         folder = output_folder_name(plan.property_id)
         for image in images:
-            name = image_file_name(plan.category, image.image_id, image.output_format)
-            await self.deps.store.write_bytes(f"{folder}/{name}", image.data)
+            image_ids = [image.image_id, *(d.image_id for d in plan.duplicates.get(image.image_id, ()))]
+            for image_id in image_ids:
+                name = image_file_name(plan.category, image_id, image.output_format)
+                await self.deps.store.write_bytes(f"{folder}/{name}", image.data)
 
     # --- events ----------------------------------------------------------------------------------------
 
@@ -222,12 +225,14 @@ class BatchRunner:
                     category=category,
                     batch_index=index,
                     batch_count=plan.count,
-                    images=len(outcome.images),
+                    images=_with_duplicates(outcome),
                 )
             )
         elif outcome.status == "reused":
             self.bus.emit(
-                BatchReused(property_id=pid, category=category, batch_index=index, images=len(outcome.images))
+                BatchReused(
+                    property_id=pid, category=category, batch_index=index, images=_with_duplicates(outcome)
+                )
             )
         elif outcome.status == "failed":
             reason = outcome.reason or "failed"
@@ -246,6 +251,13 @@ class BatchRunner:
     def _stop_reason(self) -> str:
         request = self.deps.controller.request
         return f"run stopped ({request.reason})" if request else "run stopped"
+
+
+def _with_duplicates(outcome: BatchOutcome) -> int:
+    """Images the answer covers: those sent, plus the identical copies that ride on them."""
+    sent = {image.image_id for image in outcome.images}
+    riders = sum(len(d) for image_id, d in outcome.plan.duplicates.items() if image_id in sent)
+    return len(sent) + riders
 
 
 def _usage_dict(usage: Any) -> dict[str, int]:

@@ -82,12 +82,13 @@ class PropertyWriter:
         images = [
             OutputImage(
                 category=job.category,
-                image_id=image.image_id,
-                file_name=image_file_name(job.category, image.image_id, image.output_format),
+                image_id=image_id,
+                file_name=image_file_name(job.category, image_id, image.output_format),
                 output_format=image.output_format,
             )
             for o in answered
             for image in o.images
+            for image_id in (image.image_id, *(d.image_id for d in o.plan.duplicates.get(image.image_id, ())))
         ]
         return records, images
 

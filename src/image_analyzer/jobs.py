@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +26,14 @@ def chunk(items: Sequence[ImageRef], size: int) -> list[tuple[ImageRef, ...]]:
 
 
 @dataclass(frozen=True, slots=True)
+class Duplicate:
+    """An image identical to one sent in a batch: not sent again, the original's answer applies to it."""
+
+    ref: ImageRef
+    image_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class BatchPlan:
     property_id: str
     category: str
@@ -33,6 +41,12 @@ class BatchPlan:
     count: int
     refs: tuple[ImageRef, ...]
     image_ids: tuple[str, ...]
+    duplicates: Mapping[str, tuple[Duplicate, ...]] = field(default_factory=dict)
+    """Identical images riding on an original of this batch, keyed by the original's image id."""
+
+    @property
+    def duplicate_count(self) -> int:
+        return sum(len(d) for d in self.duplicates.values())
 
 
 @dataclass(slots=True)
@@ -61,10 +75,20 @@ class CategoryJob:
     groups_applied: dict[int, dict[str, Any]] | None = None
 
     @classmethod
-    def plan(cls, listing: CategoryListing, batch_size: int) -> CategoryJob:
+    def plan(
+        cls,
+        listing: CategoryListing,
+        batch_size: int,
+        duplicate_of: Mapping[ImageRef, ImageRef] | None = None,
+    ) -> CategoryJob:
+        """Batches of the category's images; duplicates ride along with their original, unsent."""
+        duplicate_of = duplicate_of or {}
         ids = unique_image_ids([ref.name for ref in listing.images])
         id_of = {ref: image_id for ref, image_id in zip(listing.images, ids, strict=True)}
-        batches = chunk(listing.images, batch_size)
+        riders: dict[ImageRef, list[Duplicate]] = {}
+        for copy, original in duplicate_of.items():
+            riders.setdefault(original, []).append(Duplicate(copy, id_of[copy]))
+        batches = chunk([ref for ref in listing.images if ref not in duplicate_of], batch_size)
         plans = [
             BatchPlan(
                 property_id=listing.property_id,
@@ -73,6 +97,7 @@ class CategoryJob:
                 count=len(batches),
                 refs=batch,
                 image_ids=tuple(id_of[ref] for ref in batch),
+                duplicates={id_of[ref]: tuple(riders[ref]) for ref in batch if ref in riders},
             )
             for i, batch in enumerate(batches)
         ]

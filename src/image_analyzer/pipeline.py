@@ -24,7 +24,8 @@ from typing import Any
 from image_analyzer.asking import Asker
 from image_analyzer.control import StopController
 from image_analyzer.cost import CostLedger, PriceTable
-from image_analyzer.domain import ImageSource, PropertyListing, Provenance, VisionModel
+from image_analyzer.domain import CategoryListing, ImageSource, PropertyListing, Provenance, VisionModel
+from image_analyzer.duplicates import find_duplicates
 from image_analyzer.errors import ConfigError, ImageAnalyzerError
 from image_analyzer.events import (
     CategoryFailed,
@@ -71,6 +72,7 @@ class RunTotals:
     invalid_properties: list[str] = field(default_factory=list)
     reused_batches: int = 0
     reanalysed_batches: int = 0
+    duplicate_images: int = 0
     planned_requests: int = 0
     estimated_prompt_tokens: int = 0
     fatal_error: str | None = None
@@ -211,7 +213,7 @@ class Pipeline:
     async def _run_property(self, property_id: str) -> None:
         listing = await self.deps.source.list_property(property_id)
         self._report_listing(listing)
-        jobs = [CategoryJob.plan(c, self.settings.batch_size) for c in listing.categories if c.images]
+        jobs = [await self._plan_category(c) for c in listing.categories if c.images]
         if not jobs:
             return
         self.totals.properties += 1
@@ -233,6 +235,19 @@ class Pipeline:
             for job in jobs:
                 await self._run_category(job)
         await self._finish_property(property_id)
+
+    async def _plan_category(self, listing: CategoryListing) -> CategoryJob:
+        duplicate_of = await find_duplicates(self.deps.source, listing.images)
+        if duplicate_of:
+            self.totals.duplicate_images += len(duplicate_of)
+            self.bus.emit(
+                Notice(
+                    level="info",
+                    message=f"{len(duplicate_of)} identical image(s) in {listing.property_id}/"
+                    f"{listing.category} are sent once; the answer applies to each copy",
+                )
+            )
+        return CategoryJob.plan(listing, self.settings.batch_size, duplicate_of)
 
     def _report_listing(self, listing: PropertyListing) -> None:
         for skipped in listing.skipped:

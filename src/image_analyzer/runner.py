@@ -234,6 +234,7 @@ def _summary(
         fatal_error=totals.fatal_error,
         invalid_properties=totals.invalid_properties,
         reused_batches=totals.reused_batches,
+        duplicate_images=totals.duplicate_images,
         planned_requests=totals.planned_requests,
         estimated_prompt_tokens=totals.estimated_prompt_tokens,
     )
