@@ -1,75 +1,85 @@
-"""One run per output dir: a lock file holding the owner's pid; a lock left by a dead process is stale."""
+"""One run per output dir: an OS-level lock on a file that also holds the owner's pid for messages.
+
+The lock is `flock` on `<state>/lock`, so the kernel drops it the moment its process dies (even by
+`kill -9`): a lock left behind by a dead run is stale by construction, and a recycled pid can never
+make it look alive. The pid and host written inside only name the owner in the refusal message.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import socket
 from pathlib import Path
 
 from image_analyzer.errors import OutputError
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+from image_analyzer.store import describe_os_error
 
 
 class RunLock:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._held = False
+        self._fd: int | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                if self._break_if_stale():
-                    continue
-                raise OutputError(self._busy_message()) from None
-            with os.fdopen(fd, "w") as handle:
-                handle.write(f"{os.getpid()} {socket.gethostname()}\n")
-            self._held = True
-            return
-        raise OutputError(self._busy_message())
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = self._locked_fd()
+        except OSError as exc:
+            raise OutputError(describe_os_error(exc, self.path)) from exc
+        if fd is None:
+            raise OutputError(self._busy_message())
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        self._fd = fd
 
-    def _owner(self) -> tuple[int | None, str]:
+    def _locked_fd(self) -> int | None:
+        """An fd holding the lock on the file currently at `path`, or None when another process has it."""
+        while True:
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return None
+            # The previous owner may have unlinked the file between our open and our flock: then we
+            # locked an orphan inode and must try again on the file now at `path`.
+            if _same_file(fd, self.path):
+                return fd
+            os.close(fd)
+
+    def _owner(self) -> str:
         try:
             text = self.path.read_text().split()
         except OSError:
-            return None, ""
-        pid = int(text[0]) if text and text[0].isdigit() else None
+            return "another process"
+        pid = text[0] if text and text[0].isdigit() else None
         host = text[1] if len(text) > 1 else ""
-        return pid, host
-
-    def _break_if_stale(self) -> bool:
-        pid, host = self._owner()
-        same_host = host in ("", socket.gethostname())
-        if pid is not None and same_host and _pid_alive(pid):
-            return False
-        if pid is not None and not same_host:
-            return False
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-        return True
+        if pid is None:
+            return "another process"
+        return f"pid {pid}" + (f" on {host}" if host and host != socket.gethostname() else "")
 
     def _busy_message(self) -> str:
-        pid, host = self._owner()
-        owner = f"pid {pid}" + (f" on {host}" if host and host != socket.gethostname() else "")
         return (
-            f"another run ({owner}) is using this output dir (lock {self.path}); "
+            f"another run ({self._owner()}) is using this output dir (lock {self.path}); "
             "wait for it to finish or use another --output-dir"
         )
 
     def release(self) -> None:
-        if self._held:
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
-            self._held = False
+        if self._fd is None:
+            return
+        # Unlink while still holding the lock, so nobody can lock this inode after we let go.
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        os.close(self._fd)
+        self._fd = None
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        on_disk = path.stat()
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (held.st_dev, held.st_ino) == (on_disk.st_dev, on_disk.st_ino)

@@ -51,6 +51,12 @@ def batch_key(
     return hashlib.sha256(material.encode()).hexdigest()
 
 
+def content_key(*, property_id: str, category: str, image_hashes: Sequence[str]) -> str:
+    """The same batch of pictures whatever model, prompt or schemas answered it (to say why it is redone)."""
+    material = json.dumps([property_id, category, list(image_hashes)], separators=(",", ":"))
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
 @dataclass(frozen=True, slots=True)
 class ManifestRecord:
     key: str
@@ -85,6 +91,14 @@ class ManifestRecord:
             payload={k: v for k, v in data.items() if k not in fixed},
         )
 
+    @property
+    def content(self) -> str | None:
+        """`content_key` of a batch answer, or None for records that carry no image hashes."""
+        hashes = self.payload.get("image_hashes")
+        if self.kind != "batch" or not isinstance(hashes, list):
+            return None
+        return content_key(property_id=self.property_id, category=self.category, image_hashes=hashes)
+
 
 def parse_manifest_lines(lines: Iterable[bytes]) -> Iterator[ManifestRecord]:
     """Yield every well-formed record; skip torn, partial or foreign lines instead of failing the run."""
@@ -108,6 +122,7 @@ class Manifest:
         self.path = path
         self._answers: dict[str, ManifestRecord] = {}
         self._failures: dict[str, ManifestRecord] = {}
+        self._by_content: dict[str, ManifestRecord] = {}
         self._handle: Any = None
 
     def load(self) -> None:
@@ -123,9 +138,16 @@ class Manifest:
         else:
             self._answers[record.key] = record
             self._failures.pop(record.key, None)
+        content = record.content
+        if content is not None:
+            self._by_content[content] = record
 
     def answered(self, key: str) -> ManifestRecord | None:
         return self._answers.get(key)
+
+    def answered_before(self, content: str) -> ManifestRecord | None:
+        """The latest answer for these pictures under any model, prompt version or schema set."""
+        return self._by_content.get(content)
 
     def failed_last_time(self, key: str) -> bool:
         return key in self._failures
