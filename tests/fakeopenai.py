@@ -584,6 +584,7 @@ class FakeOpenAIServer:
         app = web.Application(client_max_size=self.client_max_size)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._list_models)
+        self.add_routes(app)
         self._stopping = asyncio.Event()
         self._release = asyncio.Event()
         self._loop = asyncio.get_running_loop()
@@ -600,6 +601,9 @@ class FakeOpenAIServer:
         self._runner = runner
         self.port = int(runner.addresses[0][1])
         return self
+
+    def add_routes(self, app: web.Application) -> None:
+        """Hook for subclasses that serve more endpoints (`tests/fakebatch.py`: Files and Batches)."""
 
     async def stop(self) -> None:
         if self._stopping is not None:
@@ -1022,7 +1026,9 @@ class FakeOpenAIServer:
         now = time.monotonic()
         with self._lock:
             for kind, window in self._windows.items():
-                response.headers[f"x-ratelimit-limit-{kind}"] = str(window.limit)
+                # Like OpenAI, the limit is stated per minute, whatever window the server enforces.
+                per_minute = window.limit if self.window >= 60 else round(window.limit * 60 / self.window)
+                response.headers[f"x-ratelimit-limit-{kind}"] = str(per_minute)
                 response.headers[f"x-ratelimit-remaining-{kind}"] = str(window.remaining(now))
                 response.headers[f"x-ratelimit-reset-{kind}"] = format_reset(window.reset_in(now))
 

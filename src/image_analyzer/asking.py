@@ -16,7 +16,7 @@ from image_analyzer.cost import CostLedger, PriceTable
 from image_analyzer.domain import ModelRequest, ModelResponse, Usage, VisionModel
 from image_analyzer.errors import AnswerError, ModelCallError
 from image_analyzer.events import AnswerRejected, EventBus, RequestCost, RequestRetry
-from image_analyzer.ratelimit import RateLimiter
+from image_analyzer.ratelimit import RateLimiter, Reservation
 from image_analyzer.retry import RetryPolicy, send_with_retries
 
 ESTIMATED_COMPLETION_TOKENS = 1200
@@ -52,16 +52,25 @@ class LimitedModel:
         try:
             response = await self._inner.complete(request, timeout=timeout)
         except ModelCallError as exc:
-            if exc.status == 429 and not exc.fatal:
-                self._limiter.pause_for(exc.retry_after or 1.0, "429 rate limited")
-            self._limiter.settle(reservation, None)
+            self._on_error(exc, reservation)
             raise
         except BaseException:
             self._limiter.release_unused(reservation)
             raise
-        self._limiter.observe_headers(response.headers)
-        self._limiter.settle(reservation, response.usage.total_tokens if response.usage else None)
+        self._limiter.observe_headers(response.headers, reservation)
+        # The service counts prompt + max_tokens against TPM when it admits a request, not the tokens used.
+        admitted = response.usage.prompt_tokens + request.max_tokens if response.usage else None
+        self._limiter.settle(reservation, admitted)
         return response
+
+    def _on_error(self, exc: ModelCallError, reservation: Reservation) -> None:
+        if exc.status == 429 and not exc.fatal:
+            self._limiter.observe_headers(exc.headers, reservation)
+            self._limiter.settle(reservation, 0)
+            self._limiter.pause_for(exc.retry_after or 1.0, "429 rate limited")
+        else:
+            # Errors, timeouts and dropped connections: the server may have counted it; assume it did.
+            self._limiter.settle(reservation, None)
 
     async def aclose(self) -> None:
         await self._inner.aclose()

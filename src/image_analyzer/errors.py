@@ -8,6 +8,8 @@ the boundary that meets them (`raise SourceError(...) from exc`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 
 class ImageAnalyzerError(Exception):
     """Base class. `exit_code` is what the CLI exits with when this ends the run."""
@@ -50,6 +52,7 @@ class ModelCallError(ImageAnalyzerError):
         status: int | None = None,
         retry_after: float | None = None,
         kind: str = "error",
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.retryable = retryable
@@ -57,6 +60,8 @@ class ModelCallError(ImageAnalyzerError):
         self.status = status
         self.retry_after = retry_after
         self.kind = kind
+        self.headers: Mapping[str, str] = headers or {}
+        """Response headers (lower-case names), so a 429 still teaches the rate limiter."""
 
 
 class AnswerError(ImageAnalyzerError):

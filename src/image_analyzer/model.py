@@ -209,6 +209,7 @@ def _classify_status(exc: Any, secrets: Sequence[str]) -> ModelCallError:
             status=status,
             retry_after=retry_after_seconds(exc.response.headers),
             kind="rate_limit",
+            headers={k.lower(): v for k, v in exc.response.headers.items()},
         )
     if status in (401, 403):
         # Never echo the server's text here: OpenAI's 401 message quotes the key back.
