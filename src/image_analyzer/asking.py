@@ -110,6 +110,10 @@ class Asker:
         self._timeout = timeout
         self._controller = controller
         self._max_cost = max_cost
+        # Budget held by requests in flight, and estimates standing in for answers that came back
+        # without `usage`: both count as spent, so concurrent requests cannot overshoot the cap.
+        self._reserved = 0.0
+        self._unpriced = 0.0
 
     async def ask(
         self, where: Where, request: ModelRequest, parse: AnswerParser
@@ -118,8 +122,13 @@ class Asker:
         spent = Usage()
         last_problem: AnswerError | None = None
         for attempt in (1, 2):
-            self._gate(request)
-            response = await self._send(where, request)
+            hold = self._gate(request)
+            try:
+                response = await self._send(where, request)
+            finally:
+                self._reserved -= hold
+            if response.usage is None:
+                self._unpriced += hold
             spent = spent + self._record_cost(where, request.model, response.usage)
             try:
                 return parse(check_response(response)), spent
@@ -130,20 +139,24 @@ class Asker:
         assert last_problem is not None
         raise BatchFailed(f"{last_problem.kind} answer twice: {last_problem}")
 
-    def _gate(self, request: ModelRequest) -> None:
+    def _gate(self, request: ModelRequest) -> float:
+        """Refuse to start when stopping or over budget; returns the budget this request holds."""
         if self._controller.stopping:
             raise NotStarted(self._controller.request.reason if self._controller.request else "stopping")
         if self._max_cost is None:
-            return
+            return 0.0
         estimate = self._prices.cost(
             request.model,
             Usage(
                 prompt_tokens=request.estimated_prompt_tokens, completion_tokens=ESTIMATED_COMPLETION_TOKENS
             ),
         )
-        if self._ledger.spent_usd + (estimate or 0.0) > self._max_cost:
+        hold = estimate or 0.0
+        if self._ledger.spent_usd + self._unpriced + self._reserved + hold > self._max_cost:
             self._controller.stop("budget reached", exit_code=1)
             raise NotStarted("budget reached")
+        self._reserved += hold
+        return hold
 
     async def _send(self, where: Where, request: ModelRequest) -> ModelResponse:
         def on_retry(attempt: int, delay: float, error: ModelCallError) -> None:
@@ -161,18 +174,18 @@ class Asker:
     def _record_cost(self, where: Where, model: str, usage: Usage | None) -> Usage:
         cost = self._prices.cost(model, usage) if usage else None
         self._ledger.add(where.property_id, where.category, usage, cost)
-        if usage is None:
-            return Usage()
+        # A response without `usage` is still a paid request: counted, with its cost unknown (never $0).
+        counted = usage or Usage()
         self._bus.emit(
             RequestCost(
                 **_where(where),
-                prompt_tokens=usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens,
-                cached_tokens=usage.cached_tokens,
+                prompt_tokens=counted.prompt_tokens,
+                completion_tokens=counted.completion_tokens,
+                cached_tokens=counted.cached_tokens,
                 cost_usd=cost,
             )
         )
-        return usage
+        return counted
 
 
 def _where(where: Where) -> dict[str, Any]:

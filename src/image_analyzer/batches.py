@@ -9,7 +9,7 @@ from typing import Any
 
 from image_analyzer.asking import ESTIMATED_COMPLETION_TOKENS, Asker, BatchFailed, NotStarted, Where
 from image_analyzer.domain import ModelRequest, PreparedImage, Usage
-from image_analyzer.errors import ImageAnalyzerError, ModelCallError, SourceError
+from image_analyzer.errors import ImageAnalyzerError, ModelCallError, OutputError, SourceError
 from image_analyzer.events import (
     BatchFailed as BatchFailedEvent,
 )
@@ -19,9 +19,10 @@ from image_analyzer.events import (
     BatchReused,
     BatchStarted,
     ImageSkipped,
+    Notice,
 )
 from image_analyzer.jobs import BatchOutcome, BatchPlan, output_folder_name
-from image_analyzer.manifest import ManifestRecord, batch_key
+from image_analyzer.manifest import ManifestRecord, batch_key, content_key
 from image_analyzer.merge import image_file_name
 from image_analyzer.prompts import PROMPT_VERSION, build_prompt
 from image_analyzer.schemas import SchemaSet, parse_answer, response_format
@@ -40,6 +41,17 @@ class BatchRunner:
         self._prepare_slots = asyncio.Semaphore(self.settings.max_workers + 2)
 
     async def run(self, plan: BatchPlan) -> BatchOutcome:
+        try:
+            return await self._run(plan)
+        except OutputError as exc:
+            # Nowhere to save answers (disk full, unwritable): paying for more would only lose them.
+            self.stop_run(str(exc))
+            return BatchOutcome(plan=plan, status="failed", reason=str(exc))
+
+    def stop_run(self, message: str) -> None:
+        stop_run(self.deps, self.totals, message)
+
+    async def _run(self, plan: BatchPlan) -> BatchOutcome:
         async with self._prepare_slots:
             if self.deps.controller.stopping:
                 return BatchOutcome(plan=plan, status="not_started", reason=self._stop_reason())
@@ -54,17 +66,19 @@ class BatchRunner:
                 key=key,
                 estimated_prompt_tokens=request.estimated_prompt_tokens,
             )
+            reused = self._reuse(planned)
+            if reused is not None:
+                if not self.settings.dry_run:
+                    await self._write_images(plan, images)
+                return reused
+            if self.settings.retry_failed and not self.deps.manifest.failed_last_time(key):
+                planned.status, planned.reason = "not_started", "not failed last time (--retry-failed)"
+                return planned
+            self._note_reanalysis(planned)
             self.totals.planned_requests += 1
             self.totals.estimated_prompt_tokens += request.estimated_prompt_tokens
             if self.settings.dry_run:
                 self._report_planned(planned)
-                return planned
-            reused = self._reuse(planned)
-            if reused is not None:
-                await self._write_images(plan, images)
-                return reused
-            if self.settings.retry_failed and not self.deps.manifest.failed_last_time(key):
-                planned.status, planned.reason = "not_started", "not failed last time (--retry-failed)"
                 return planned
             return await self._ask(planned, request)
 
@@ -123,6 +137,38 @@ class BatchRunner:
         planned.status, planned.answer = "reused", record.payload.get("answer")
         return planned
 
+    def _note_reanalysis(self, planned: BatchOutcome) -> None:
+        """Count a batch an earlier run answered that is asked again, and say what changed."""
+        hashes = [image.content_hash for image in planned.images]
+        plan = planned.plan
+        earlier = self.deps.manifest.answered_before(
+            content_key(property_id=plan.property_id, category=plan.category, image_hashes=hashes)
+        )
+        if earlier is None:
+            return
+        reasons = self._changes_since(earlier.payload) or (["--force"] if self.settings.force else [])
+        if not reasons:
+            return
+        self.totals.reanalysed_batches += 1
+        for reason in reasons:
+            if reason not in self.totals.reanalysed_because:
+                self.totals.reanalysed_because.append(reason)
+
+    def _changes_since(self, earlier: Mapping[str, Any]) -> list[str]:
+        now = {
+            "model": self.settings.model,
+            "prompt version": PROMPT_VERSION,
+            "schema set": self.deps.schema_set.fingerprint,
+        }
+        then = {
+            "model": earlier.get("model"),
+            "prompt version": earlier.get("prompt_version"),
+            "schema set": earlier.get("schema_set"),
+        }
+        return [
+            f"{name} {_short(then[name])} -> {_short(now[name])}" for name in now if then[name] != now[name]
+        ]
+
     async def _ask(self, planned: BatchOutcome, request: ModelRequest) -> BatchOutcome:
         assert self.asker is not None
         assert planned.key is not None
@@ -154,8 +200,7 @@ class BatchRunner:
             return planned
         except ModelCallError as exc:
             # Fatal for the whole run (bad key, no quota): stop starting anything, keep what is done.
-            self.totals.fatal_error = str(exc)
-            self.deps.controller.stop(str(exc), exit_code=1)
+            self.stop_run(str(exc))
             planned.status, planned.reason = "failed", str(exc)
             return planned
         self._checkpoint(planned, "batch", {"answer": answer, "usage": _usage_dict(usage)})
@@ -258,6 +303,20 @@ def _with_duplicates(outcome: BatchOutcome) -> int:
     sent = {image.image_id for image in outcome.images}
     riders = sum(len(d) for image_id, d in outcome.plan.duplicates.items() if image_id in sent)
     return len(sent) + riders
+
+
+def stop_run(deps: Any, totals: Any, message: str) -> None:
+    """A fatal error: no new request starts, in-flight ones finish, the summary names it."""
+    if totals.fatal_error is None:
+        totals.fatal_error = message
+        deps.bus.emit(Notice(level="error", message=message))
+    deps.controller.stop(message, exit_code=1)
+
+
+def _short(value: Any) -> str:
+    """Schema fingerprints are long hashes: their first 12 characters tell two sets apart."""
+    text = str(value)
+    return text[:12] if len(text) > 40 else text
 
 
 def _usage_dict(usage: Any) -> dict[str, int]:

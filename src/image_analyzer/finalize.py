@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from image_analyzer.asking import Asker, BatchFailed, NotStarted, Where
+from image_analyzer.batches import stop_run
 from image_analyzer.consolidate import (
     CONSOLIDATION_VERSION,
     apply_groups,
@@ -18,7 +19,7 @@ from image_analyzer.consolidate import (
 )
 from image_analyzer.cost import CostLedger
 from image_analyzer.domain import ModelRequest, Provenance
-from image_analyzer.errors import ImageAnalyzerError
+from image_analyzer.errors import ImageAnalyzerError, ModelCallError
 from image_analyzer.estimate import prompt_tokens
 from image_analyzer.events import Notice, PropertyFinished
 from image_analyzer.jobs import CategoryJob, output_folder_name
@@ -117,6 +118,8 @@ class PropertyWriter:
                 where, request, lambda content: {"groups": parse_groups(content, entries)}
             )
         except (BatchFailed, NotStarted, ImageAnalyzerError) as exc:
+            if isinstance(exc, ModelCallError) and exc.fatal:
+                stop_run(self.deps, self.totals, str(exc))
             self.bus.emit(
                 Notice(
                     level="warning",

@@ -26,7 +26,7 @@ from image_analyzer.control import StopController
 from image_analyzer.cost import CostLedger, PriceTable
 from image_analyzer.domain import CategoryListing, ImageSource, PropertyListing, Provenance, VisionModel
 from image_analyzer.duplicates import find_duplicates
-from image_analyzer.errors import ConfigError, ImageAnalyzerError
+from image_analyzer.errors import ConfigError, ImageAnalyzerError, OutputError
 from image_analyzer.events import (
     CategoryFailed,
     CategoryFinished,
@@ -76,6 +76,8 @@ class RunTotals:
     planned_requests: int = 0
     estimated_prompt_tokens: int = 0
     fatal_error: str | None = None
+    reanalysed_because: list[str] = field(default_factory=list)
+    """What changed since an earlier run answered the re-analysed batches (`model a -> b`, `--force`)."""
 
 
 class Pipeline:
@@ -140,15 +142,26 @@ class Pipeline:
         try:
             await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
             if not work.done():
+                self._announce_stop()
                 await self._wait_grace(work)
             if work.done() and not work.cancelled() and work.exception() is not None:
-                raise work.exception()  # type: ignore[misc]
+                raise _first_error(work.exception())  # type: ignore[arg-type]
         finally:
             stopping.cancel()
             if not work.done():
                 work.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await work
+
+    def _announce_stop(self) -> None:
+        reason = self.controller.request.reason if self.controller.request else "stop requested"
+        self.bus.emit(
+            Notice(
+                level="warning",
+                message=f"stopping ({reason}): no new requests; in-flight ones get up to "
+                f"{self.settings.grace_seconds:g} s to finish (Ctrl-C again to stop now)",
+            )
+        )
 
     async def _wait_grace(self, work: asyncio.Task[None]) -> None:
         immediate = asyncio.create_task(self.controller.wait_immediate())
@@ -280,7 +293,7 @@ class Pipeline:
             return
         for job in jobs:
             self._report_unprocessed(job, self._stop_reason())
-        await self.writer.write(property_id, jobs, self.provenance(property_id), allow_requests=True)
+        await self._write_property(property_id, jobs, allow_requests=True)
 
     async def _flush_unfinished(self) -> None:
         """After a stop: save every property that has answers, without sending anything more."""
@@ -288,7 +301,18 @@ class Pipeline:
             jobs = self._pending.pop(property_id)
             for job in jobs:
                 self._report_unprocessed(job, self._stop_reason())
-            await self.writer.write(property_id, jobs, self.provenance(property_id), allow_requests=False)
+            await self._write_property(property_id, jobs, allow_requests=False)
+
+    async def _write_property(
+        self, property_id: str, jobs: list[CategoryJob], *, allow_requests: bool
+    ) -> None:
+        try:
+            await self.writer.write(
+                property_id, jobs, self.provenance(property_id), allow_requests=allow_requests
+            )
+        except OutputError as exc:
+            # Answers stay in the manifest: the rerun rebuilds this folder without asking again.
+            self.batches.stop_run(str(exc))
 
     def _stop_reason(self) -> str:
         request = self.controller.request
@@ -361,6 +385,17 @@ class Pipeline:
                 completion_tokens=usage.completion_tokens,
             )
         )
+
+
+def _first_error(exc: BaseException) -> BaseException:
+    """The error to report from a task group's failure: our own one-line error when there is one."""
+    if not isinstance(exc, BaseExceptionGroup):
+        return exc
+    ours = exc.subgroup(lambda e: isinstance(e, ImageAnalyzerError))
+    group = ours if ours is not None else exc
+    while isinstance(group, BaseExceptionGroup):
+        group = group.exceptions[0]
+    return group
 
 
 def _first_failure(outcomes: Sequence[BatchOutcome]) -> str | None:

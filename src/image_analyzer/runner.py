@@ -16,7 +16,7 @@ from typing import Any
 
 from image_analyzer.control import EXIT_INTERRUPTED, EXIT_TERMINATED, StopController
 from image_analyzer.domain import ImageSource, VisionModel
-from image_analyzer.errors import ConfigError
+from image_analyzer.errors import ConfigError, OutputError
 from image_analyzer.events import EventBus, Notice, Reporter, RunFinished
 from image_analyzer.settings import Settings
 from image_analyzer.store import MANIFEST_NAME, RUNS_DIR, STATE_DIR, LocalStore, OutputStore
@@ -47,7 +47,7 @@ def setup_logging(settings: Settings) -> None:
     path = settings.log_file
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(path, encoding="utf-8")
+        handler = _QuietFileHandler(path, encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"--log-file: cannot write {path}: {exc.strerror}") from exc
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -55,6 +55,17 @@ def setup_logging(settings: Settings) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if settings.debug else logging.INFO)
     root.propagate = False
+
+
+class _QuietFileHandler(logging.FileHandler):
+    """A log file that, once the disk refuses it, says so in one line instead of a traceback per record."""
+
+    _warned = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not self._warned:
+            self._warned = True
+            sys.stderr.write(f"warning: log file {self.baseFilename} not written any more (disk full?)\n")
 
 
 def _reporters(settings: Settings, display: Display) -> list[Reporter]:
@@ -154,6 +165,11 @@ async def _run(settings: Settings, display: Display) -> int:
     prices = PriceTable.from_file(settings.prices_file) if settings.prices_file else PriceTable.builtin()
     seed = _seed(settings)
     if prices.price_for(settings.model) is None:
+        if settings.max_cost is not None:
+            raise ConfigError(
+                f"--max-cost: no price known for model {settings.model}, so spend cannot be capped: "
+                "pass --prices FILE with its price"
+            )
         bus.emit(
             Notice(
                 level="warning", message=f"no price known for model {settings.model}: cost shown as unknown"
@@ -182,8 +198,8 @@ async def _run(settings: Settings, display: Display) -> int:
         totals = await Pipeline(deps).run()
         summary = _summary(state, totals, settings, run_id, started, controller, source.describe(), prices)
         exit_code = summary["exit_code"]
-        if not settings.dry_run:
-            await store.write_bytes(f"{RUNS_DIR}/{run_id}.json", _json_bytes(summary))
+        if not settings.dry_run and not await _save_summary(store, run_id, summary, bus):
+            exit_code = summary["exit_code"] = exit_code or 1
         bus.emit(RunFinished(run_id=run_id, summary=summary, exit_code=exit_code))
     finally:
         bus.close()
@@ -196,6 +212,16 @@ async def _run(settings: Settings, display: Display) -> int:
     if display.json_output:
         sys.stdout.write(json.dumps(summary, sort_keys=True) + "\n")
     return int(exit_code)
+
+
+async def _save_summary(store: OutputStore, run_id: str, summary: dict[str, Any], bus: EventBus) -> bool:
+    """Write the run summary; when the disk refuses, say so and let the caller exit 1 (output stays valid)."""
+    try:
+        await store.write_bytes(f"{RUNS_DIR}/{run_id}.json", _json_bytes(summary))
+    except OutputError as exc:
+        bus.emit(Notice(level="error", message=f"run summary not saved: {exc}"))
+        return False
+    return True
 
 
 def _install_signal_handlers(controller: StopController) -> None:
@@ -234,6 +260,8 @@ def _summary(
         fatal_error=totals.fatal_error,
         invalid_properties=totals.invalid_properties,
         reused_batches=totals.reused_batches,
+        reanalysed_batches=totals.reanalysed_batches,
+        reanalysed_because=totals.reanalysed_because,
         duplicate_images=totals.duplicate_images,
         planned_requests=totals.planned_requests,
         estimated_prompt_tokens=totals.estimated_prompt_tokens,

@@ -80,8 +80,10 @@ def atomic_write(target: Path, data: bytes) -> None:
 
 
 def describe_os_error(exc: OSError, where: Path | str) -> str:
-    if exc.errno == errno.ENOSPC:
-        return f"disk full while writing {where}: free space and rerun (finished work is kept)"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return (
+            f"disk full while writing {where} ({exc.strerror}): free space and rerun (finished work is kept)"
+        )
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"cannot write {where}: permission denied or read-only file system"
     return f"cannot write {where}: {exc.strerror or exc}"
