@@ -159,7 +159,7 @@ class Pipeline:
             Notice(
                 level="warning",
                 message=f"stopping ({reason}): no new requests; in-flight ones get up to "
-                f"{self.settings.grace_seconds:g} s to finish (Ctrl-C again to stop now)",
+                f"{self.settings.grace_seconds:g} s to finish (Ctrl-C to stop at once)",
             )
         )
 
@@ -180,6 +180,10 @@ class Pipeline:
                 if self.controller.stopping:
                     break
                 await self._property_slots.acquire()
+                if self.controller.stopping:
+                    # The stop came while waiting for a slot: this property is not started at all.
+                    self._property_slots.release()
+                    break
                 group.create_task(self._run_property_slot(property_id))
 
     async def _run_property_slot(self, property_id: str) -> None:
