@@ -67,7 +67,7 @@ class LimitedModel:
         if exc.status == 429 and not exc.fatal:
             self._limiter.observe_headers(exc.headers, reservation)
             self._limiter.settle(reservation, 0)
-            self._limiter.pause_for(exc.retry_after or 1.0, "429 rate limited")
+            self._limiter.pause_for(1.0 if exc.retry_after is None else exc.retry_after, "429 rate limited")
         else:
             # Errors, timeouts and dropped connections: the server may have counted it; assume it did.
             self._limiter.settle(reservation, None)
