@@ -211,14 +211,21 @@ def test_a_newer_set_with_new_fields_flows_through(tmp_path: Path, schema_set: S
     assert "ceiling_fan_count" not in parsed  # optional and not nullable: null means leave it out
 
 
-def test_required_constraint_that_strict_mode_cannot_carry_is_refused(tmp_path: Path) -> None:
+def test_required_uri_becomes_a_pattern_and_is_checked_after_the_answer(tmp_path: Path) -> None:
     root = copy_set(tmp_path)
     lot = json.loads((root / "lot.json").read_text())
     lot["properties"]["survey_url"] = {"type": "string", "format": "uri"}
     lot["required"].append("survey_url")
     rewrite_set(root, {"lot": lot})
-    with pytest.raises(SchemaError, match=r"lot\.survey_url .*format"):
-        response_format(SchemaSet.load(root), "exterior", IDS)
+    newer = SchemaSet.load(root)
+    field = response_schema(newer, IDS)["properties"]["lot"]["anyOf"][0]["properties"]["survey_url"]
+    assert "format" not in field
+    assert not Draft202012Validator(field).is_valid("no scheme")
+    answer = {**blank_answer(), "lot": {**blank_part(newer, "lot"), "survey_url": "https://"}}
+    with pytest.raises(AnswerError, match=r"breaks the lexicon: \$\.lot\.survey_url"):
+        parse_answer(newer, json.dumps(answer), IDS)
+    answer["lot"]["survey_url"] = "https://county.example.com/survey/1"
+    assert parse_answer(newer, json.dumps(answer), IDS)["lot"]["survey_url"].endswith("/survey/1")
 
 
 def test_required_min_length_becomes_a_pattern(tmp_path: Path) -> None:

@@ -9,14 +9,16 @@ subset of JSON Schema, so the derivation:
 
 - lists every property in `required` and sets `additionalProperties: false` on every object;
 - turns optional lexicon fields into nullable ones (the key is dropped again when the answer says null);
-- keeps `type`, `enum`, `description` and the numeric/array/pattern keywords strict mode understands;
-- drops the rest (`minLength`, `format`, class-level `allOf`/`if`/`then`, ...). On nullable fields a value
-  that breaks a dropped keyword is normalised to null after parsing (e.g. `""` for a `minLength: 1`
-  string); a required, non-nullable field whose constraint cannot be carried makes the set unusable
-  (`SchemaError`), because then a schema-valid answer could produce a lexicon-invalid object.
+- keeps `type`, `enum` (`const` becomes a one-member enum), the numeric/array/`pattern` keywords and the
+  string `format`s strict mode understands, and descriptions that say more than the field name;
+- reads the types of scalar `anyOf`/`oneOf` unions; drops the rest (`minLength`, `uri` formats,
+  class-level `allOf`/`if`/`then`, ...). Those are enforced after the answer: on a nullable field a value
+  that breaks them becomes null (e.g. `""` for a `minLength: 1` string); on a required, non-nullable
+  field the request carries what it can (`minLength`/`maxLength` and `format: uri` become a `pattern`) and
+  the lexicon check below rejects anything else, so the batch is asked again.
 
-Fields the tool fills itself (provenance, `space_index`, file objects) are never asked of the model. After
-normalising, every object is checked against the real lexicon class schema as well.
+Fields the tool fills itself (provenance, `space_index`/`space_type_index`, file objects) are never asked
+of the model. After normalising, every object is checked against the real lexicon class schema as well.
 """
 
 from __future__ import annotations
@@ -49,11 +51,14 @@ ROOM_CLASS = "layout"
 APPLIANCE_CLASS = "appliance"
 PROPERTY_CLASSES = ("structure", "lot", "utility")
 """Classes written once per property, merged across every category."""
-REQUIRED_CLASSES = (ROOM_CLASS, APPLIANCE_CLASS, *PROPERTY_CLASSES, "file", "property")
+FILE_CLASS = "file"
+WRITTEN_CLASSES = (ROOM_CLASS, APPLIANCE_CLASS, *PROPERTY_CLASSES, FILE_CLASS)
+"""Classes a property folder holds, each linked from the property through `property_to_<class>`."""
+REQUIRED_CLASSES = (*WRITTEN_CLASSES, "property")
 
 PROVENANCE_FIELDS = ("source_http_request", "request_identifier")
-TOOL_FIELDS: Mapping[str, Mapping[str, Any]] = {"layout": {"space_index": 1}}
-"""Per class, fields the tool fills itself, with a lexicon-valid stand-in used when checking answers."""
+TOOL_FIELDS: Mapping[str, tuple[str, ...]] = {"layout": ("space_index", "space_type_index")}
+"""Per class, the room numbers the tool fills itself (when the class declares them), see `tool_values`."""
 PLACEHOLDER_PROVENANCE: Mapping[str, Any] = {
     "source_http_request": {"method": "GET", "url": "https://example.com/placeholder"},
     "request_identifier": "placeholder",
@@ -138,6 +143,81 @@ def verify_schema_dir(root: Path) -> list[tuple[str, str, bool, str]]:
     return results
 
 
+@dataclass
+class SetReport:
+    """What `verify_schema_set` found: one entry per manifest name, and what a run would trip over."""
+
+    root: Path
+    entries: list[tuple[str, str, str, str | None]] = field(default_factory=list)
+    """(name, kind, cid, problem or None), by name."""
+    unusable: str | None = None
+    """Why a run cannot use the set, or None."""
+    outside_links: list[str] = field(default_factory=list)
+    """CIDs the set links to but does not hold (e.g. fact-sheet slots; data using them is reported)."""
+
+    @property
+    def ok(self) -> bool:
+        return self.unusable is None and all(problem is None for *_rest, problem in self.entries)
+
+    def lines(self) -> list[str]:
+        out = []
+        for name, kind, cid, problem in self.entries:
+            out.append(f"ok   {name:<24} {kind:<12} {cid}" if problem is None else f"BAD  {problem}")
+        good = sum(1 for *_rest, problem in self.entries if problem is None)
+        out.append(f"{good} of {len(self.entries)} schema files match their CIDs in {self.root}")
+        if self.outside_links:
+            count = len(self.outside_links)
+            out.append(f"note: {count} linked schema(s) not in the set (validate reports data that uses them):")
+            out.extend(f"  {cid}" for cid in self.outside_links)
+        out.append("usable for runs" if self.unusable is None else f"not usable for runs: {self.unusable}")
+        return out
+
+
+def verify_schema_set(root: Path) -> SetReport:
+    """Check every file of the set in `root` (CID, JSON, draft-07 schema) and whether a run can use it.
+
+    Raises `SchemaError` only when the manifest itself cannot be read.
+    """
+    from jsonschema import Draft7Validator
+    from jsonschema.exceptions import SchemaError as InvalidSchema
+
+    report = SetReport(root=root)
+    manifest = _read_manifest(root)
+    linked: dict[str, None] = {}
+    for name, (cid, kind) in sorted(manifest.items()):
+        try:
+            document = _load_entry(root, name, cid)
+            Draft7Validator.check_schema(document)
+        except SchemaError as exc:
+            report.entries.append((name, kind, cid, str(exc)))
+            continue
+        except InvalidSchema as exc:
+            report.entries.append(
+                (name, kind, cid, f"{root / (name + '.json')} is not a valid draft-07 schema: {exc.message}")
+            )
+            continue
+        report.entries.append((name, kind, cid, None))
+        linked.update(dict.fromkeys(_linked_cids(document)))
+    known = {cid for cid, _kind in manifest.values()}
+    report.outside_links = sorted(cid for cid in linked if cid not in known)
+    try:
+        SchemaSet.load(root)
+    except SchemaError as exc:
+        report.unusable = str(exc)
+    return report
+
+
+def _linked_cids(node: Any) -> Iterable[str]:
+    if isinstance(node, dict):
+        if isinstance(node.get("cid"), str) and node.get("type") == "string":
+            yield node["cid"]
+        for value in node.values():
+            yield from _linked_cids(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _linked_cids(value)
+
+
 @dataclass(frozen=True, eq=False)
 class SchemaSet:
     """A verified schema set. `documents`, `cids` and `kinds` are keyed by manifest name.
@@ -152,8 +232,16 @@ class SchemaSet:
 
     @classmethod
     def load(cls, root: Path | None = None) -> SchemaSet:
-        """Load and verify the set in `root` (None: the bundled set). Raises `SchemaError` naming the file."""
-        folder = bundled_schema_dir() if root is None else root
+        """Load and verify the set in `root` (None: the bundled set). Raises `SchemaError` naming the file.
+
+        `root` may also be the data-group CID of a set `image-analyzer schemas fetch` cached earlier.
+        """
+        if root is None:
+            folder = bundled_schema_dir()
+        else:
+            from image_analyzer.ipfs import resolve_schema_set
+
+            folder = resolve_schema_set(root)
         manifest = _read_manifest(folder)
         documents = {name: _load_entry(folder, name, cid) for name, (cid, _kind) in manifest.items()}
         schema_set = cls(
@@ -165,7 +253,8 @@ class SchemaSet:
         missing = [name for name in REQUIRED_CLASSES if name not in documents]
         if missing:
             raise SchemaError(f"schema set {folder} lacks the class schema(s) {', '.join(missing)}")
-        schema_set.data_group_name  # noqa: B018  (fails early on a set without exactly one data group)
+        for name in WRITTEN_CLASSES:  # fails early on a set a run could not write
+            schema_set.relationship_key(name)
         return schema_set
 
     @property
@@ -188,6 +277,19 @@ class SchemaSet:
     @property
     def cid_to_name(self) -> dict[str, str]:
         return {cid: name for name, cid in self.cids.items()}
+
+    def relationship_key(self, class_name: str) -> str:
+        """The data-group slot (e.g. `property_has_layout`) whose items link to `property_to_<class>`."""
+        relationship = f"property_to_{class_name}"
+        cid = self.cids.get(relationship)
+        if cid is None:
+            raise SchemaError(f"schema set {self.root} lacks the relationship schema {relationship}")
+        group = self.documents[self.data_group_name]
+        slots = ((group.get("properties") or {}).get("relationships") or {}).get("properties") or {}
+        for key, slot in slots.items():
+            if isinstance(slot, dict) and (slot.get("items") or {}).get("cid") == cid:
+                return str(key)
+        raise SchemaError(f"the data group {self.data_group_name} has no slot for {relationship} ({cid})")
 
     @cached_property
     def _request_parts(self) -> dict[str, dict[str, Any]]:
@@ -216,6 +318,11 @@ _CARRIED_BY_TYPE: Mapping[str, frozenset[str]] = {
     "object": frozenset(),
     "boolean": frozenset(),
 }
+STRICT_FORMATS = frozenset(
+    {"date-time", "time", "date", "duration", "email", "hostname", "ipv4", "ipv6", "uuid"}
+)
+"""String formats OpenAI's strict mode accepts; other formats are checked after the answer."""
+_URI_PATTERN = r"^[A-Za-z][A-Za-z0-9+.-]*:[^\s]+$"
 # Keywords that only ever constrain values of one JSON type: elsewhere they are harmless to drop.
 _KEYWORD_TYPES: Mapping[str, str] = {
     "minLength": "string",
@@ -238,25 +345,70 @@ _KEYWORD_TYPES: Mapping[str, str] = {
     "dependencies": "object",
 }
 _JSON_TYPES: Mapping[type, str] = {str: "string", bool: "boolean", int: "integer", float: "number"}
+_UNIONS = ("anyOf", "oneOf")
 
 
-def _types_of(node: Mapping[str, Any], where: str) -> list[str]:
+def _declared_types(node: Mapping[str, Any]) -> list[str]:
     declared = node.get("type")
     if isinstance(declared, str):
         return [declared]
-    if isinstance(declared, list) and declared and all(isinstance(t, str) for t in declared):
+    if isinstance(declared, list) and all(isinstance(t, str) for t in declared):
         return list(declared)
+    return []
+
+
+def _types_of(node: Mapping[str, Any], where: str) -> list[str]:
+    declared = _declared_types(node)
+    if declared:
+        return declared
     if isinstance(node.get("enum"), list):
         found = ["null" if v is None else _JSON_TYPES.get(type(v), "string") for v in node["enum"]]
         return list(dict.fromkeys(found))
-    raise SchemaError(f"schema field {where} declares no type: it cannot go into a strict response schema")
+    hint = " ($ref is not supported)" if "$ref" in node else ""
+    raise SchemaError(
+        f"schema field {where} declares no type{hint}: it cannot go into a strict response schema"
+    )
+
+
+def _without_unions(node: Mapping[str, Any], where: str) -> Mapping[str, Any]:
+    """`const` as a one-member enum, and a field given as `anyOf`/`oneOf` branches as one typed node.
+
+    Only the branches' types (and enums, when every branch has one) are kept: what else the branches
+    say is checked against the real schema after the answer. An object or array branch must be the only
+    non-null one, since strict mode cannot mix it with other types.
+    """
+    if "const" in node and "enum" not in node:
+        node = {**{k: v for k, v in node.items() if k != "const"}, "enum": [node["const"]]}
+    union = next((node[k] for k in _UNIONS if isinstance(node.get(k), list)), None)
+    if union is None or "type" in node or "enum" in node:
+        return node
+    branches = [_without_unions(b, where) for b in union if isinstance(b, Mapping)]
+    outer = {k: v for k, v in node.items() if k not in _UNIONS}
+    nulls = [b for b in branches if _types_of(b, where) == ["null"]]
+    others = [b for b in branches if b not in nulls]
+    if len(others) == 1 and set(_types_of(others[0], where)) & {"object", "array"}:
+        merged = {**others[0], **outer}
+        if nulls:
+            merged["type"] = [*_types_of(others[0], where), "null"]
+        return merged
+    types = list(dict.fromkeys(t for b in branches for t in _types_of(b, where)))
+    merged = {**outer, "type": types}
+    if all(isinstance(b.get("enum"), list) for b in others):
+        members = [m for b in others for m in b["enum"]]
+        merged["enum"] = list(dict.fromkeys([*members, *([None] if nulls else [])]))
+    return merged
 
 
 def allows_null(node: Mapping[str, Any]) -> bool:
     """Whether the lexicon accepts null for this field (its type and, if present, its enum allow it)."""
-    declared = node.get("type")
-    types = [declared] if isinstance(declared, str) else declared if isinstance(declared, list) else []
     enum = node.get("enum")
+    if "const" in node:
+        return node["const"] is None
+    if "type" not in node and any(isinstance(node.get(k), list) for k in _UNIONS):
+        return any(allows_null(b) for k in _UNIONS for b in node.get(k) or () if isinstance(b, Mapping))
+    types = _declared_types(node)
+    if not types and isinstance(enum, list):
+        return None in enum
     return "null" in types and (not isinstance(enum, list) or None in enum)
 
 
@@ -266,6 +418,23 @@ def non_nullable_booleans(class_schema: Mapping[str, Any]) -> list[str]:
     return [key for key, spec in properties.items() if spec.get("type") in ("boolean", ["boolean"])]
 
 
+def tool_values(class_schema: Mapping[str, Any], class_name: str, index: int) -> dict[str, Any]:
+    """The tool-filled room numbers the class declares for the `index`-th room of its type.
+
+    `space_index` is the integer and `space_type_index` (newer sets) the same number as text, so
+    `layout_bedroom_2.json` says 2 or "2"; a set that declares the field as a number gets a number.
+    """
+    properties = class_schema.get("properties") or {}
+    values: dict[str, Any] = {}
+    for key in TOOL_FIELDS.get(class_name, ()):
+        spec = properties.get(key)
+        if isinstance(spec, Mapping):
+            types = set(_declared_types(spec))
+            numeric = bool(types & {"integer", "number"}) and "string" not in types
+            values[key] = index if numeric else str(index)
+    return values
+
+
 def _applies_to(keyword: str, base_types: Sequence[str]) -> bool:
     kind = _KEYWORD_TYPES.get(keyword)
     if kind is None:
@@ -273,15 +442,63 @@ def _applies_to(keyword: str, base_types: Sequence[str]) -> bool:
     return kind in base_types or (kind == "number" and "integer" in base_types)
 
 
+# Words that say nothing the field name does not: a description made only of these and of the name's
+# own words is left out of the request (it costs tokens on every request and teaches the model nothing).
+_FILLER_TEXT = (
+    "a an the of to in on at for and or is are be it its this that if any as by with from into "
+    "whether indicates indicate refers refer specifies specify describes describe used use made type "
+    "types kind field value list system structure property room space observed visible visual overall "
+    "present applicable json schema class elephant lexicon"
+)
+_FILLER_WORDS = frozenset(_FILLER_TEXT.split())
+
+
+def _same_word(word: str, name_word: str) -> bool:
+    if word.rstrip("s") == name_word.rstrip("s"):
+        return True
+    return len(word) >= 5 and len(name_word) >= 5 and word[:5] == name_word[:5]
+
+
+_SHORT_ENUM_DESCRIPTION_WORDS = 10
+_EXAMPLES = re.compile(r"[(':;]|e\.g\.|such as|\bif\b", re.IGNORECASE)
+
+
+def concise_description(field_name: str, text: object, *, enum: bool = False) -> str | None:
+    """`text`, or None when it tells the model nothing the request does not already say.
+
+    Left out: a description that only restates the field name (`flooring_material_type`: "Refers to
+    the type of material used for a floor."), and on an enum field a short one without examples or
+    conditions ("Visual state of paint within the room."), because there the listed values say what
+    may be answered. Descriptions with units, examples, conditions or what the values mean are kept
+    whole. Every description is sent with every request, so each one left out saves tokens each time.
+    """
+    if not isinstance(text, str) or not text.strip():
+        return None
+    name_words = re.findall(r"[a-z]+", field_name.lower())
+    words = re.findall(r"[a-z]+", text.lower())
+    restates = all(w in _FILLER_WORDS or any(_same_word(w, n) for n in name_words) for w in words)
+    plain = len(words) <= _SHORT_ENUM_DESCRIPTION_WORDS and not _EXAMPLES.search(text)
+    return None if restates or (enum and plain) else " ".join(text.split())
+
+
 def _strict(node: Mapping[str, Any], *, nullable: bool, where: str) -> dict[str, Any]:
     """One lexicon field as strict mode accepts it. `nullable` forces null in (for optional fields)."""
+    node = _without_unions(node, where)
     types = _types_of(node, where)
     nullable = nullable or allows_null(node)
     base = [t for t in types if t != "null"] or ["null"]
     if len(base) > 1 and {"object", "array"} & set(base):
         raise SchemaError(f"schema field {where} mixes {'/'.join(base)}: not expressible in strict mode")
-    carried = frozenset().union(*(_CARRIED_BY_TYPE.get(t, frozenset()) for t in base))
-    out: dict[str, Any] = {k: node[k] for k in ("description",) if isinstance(node.get(k), str)}
+    carried = set().union(*(_CARRIED_BY_TYPE.get(t, frozenset()) for t in base))
+    if node.get("format") in STRICT_FORMATS and "string" in base:
+        carried.add("format")
+    out: dict[str, Any] = {}
+    enum = isinstance(node.get("enum"), list) or (
+        isinstance(node.get("items"), Mapping) and isinstance(node["items"].get("enum"), list)
+    )
+    description = concise_description(where.rsplit(".", 1)[-1], node.get("description"), enum=enum)
+    if description:
+        out["description"] = description
     out.update({k: node[k] for k in sorted(carried) if k in node})
     if base[0] == "object":
         out.update(_strict_object(node, where))
@@ -298,28 +515,32 @@ def _strict(node: Mapping[str, Any], *, nullable: bool, where: str) -> dict[str,
         scalar_types = [*base, "null"] if nullable and base != ["null"] else base
         out["type"] = scalar_types[0] if len(scalar_types) == 1 else scalar_types
         if isinstance(node.get("enum"), list):
-            enum = list(node["enum"])
-            out["enum"] = [*enum, None] if nullable and None not in enum else enum
+            # A null member the field's type refuses would only invite an answer the lexicon rejects.
+            members = [m for m in node["enum"] if m is not None]
+            out["enum"] = [*members, None] if nullable else members
     kept = _IGNORED_KEYWORDS | _STRUCTURAL_KEYWORDS | carried
     dropped = {k for k in node if k not in kept and _applies_to(k, base)}
     if dropped and not nullable:
-        _carry_required_constraints(node, out, dropped, where)
+        _carry_required_constraints(node, out, dropped)
     if nullable and base[0] in ("object", "array"):
         return {"anyOf": [out, {"type": "null"}]}
     return out
 
 
-def _carry_required_constraints(
-    node: Mapping[str, Any], out: dict[str, Any], dropped: set[str], where: str
-) -> None:
-    """A non-nullable field cannot be normalised to null, so its constraints must be in the request."""
-    if dropped == {"minLength"} and out.get("type") == "string" and "pattern" not in out:
-        out["pattern"] = f"^[\\s\\S]{{{int(node['minLength'])},}}$"
+def _carry_required_constraints(node: Mapping[str, Any], out: dict[str, Any], dropped: set[str]) -> None:
+    """A non-nullable field cannot be normalised to null, so carry what a `pattern` can say.
+
+    Anything left over (a second pattern, class-level rules) is enforced by the lexicon check after the
+    answer, which rejects the answer so the batch is asked again.
+    """
+    if out.get("type") != "string" or "pattern" in out:
         return
-    raise SchemaError(
-        f"schema field {where} is required and not nullable, but its {', '.join(sorted(dropped))} "
-        "cannot be expressed in a strict response schema"
-    )
+    if dropped & {"minLength", "maxLength"}:
+        low = int(node.get("minLength", 0))
+        high = node.get("maxLength")
+        out["pattern"] = f"^[\\s\\S]{{{low},{int(high) if high is not None else ''}}}$"
+    elif node.get("format") == "uri":
+        out["pattern"] = _URI_PATTERN
 
 
 def _strict_object(node: Mapping[str, Any], where: str, exclude: Iterable[str] = ()) -> dict[str, Any]:
@@ -339,10 +560,11 @@ def _strict_object(node: Mapping[str, Any], where: str, exclude: Iterable[str] =
 
 def _strict_class(document: Mapping[str, Any], name: str) -> dict[str, Any]:
     """A class schema minus the tool-filled fields. Class-level allOf/if/then are dropped (see module doc)."""
-    exclude = (*PROVENANCE_FIELDS, *TOOL_FIELDS.get(name, {}))
+    exclude = (*PROVENANCE_FIELDS, *TOOL_FIELDS.get(name, ()))
     out = _strict_object(document, name, exclude)
-    if isinstance(document.get("description"), str):
-        out["description"] = document["description"]
+    description = concise_description(name, document.get("description"))
+    if description:
+        out["description"] = description
     return out
 
 
@@ -381,8 +603,8 @@ def response_schema(schema_set: SchemaSet, image_ids: Sequence[str]) -> dict[str
         {
             "room_key": {
                 "type": "string",
-                "description": "Short stable id of this physical room, e.g. kitchen or bedroom_2. "
-                "Reuse a known room's key when the photo shows that same room.",
+                "description": "Short id of this physical room, e.g. kitchen or bedroom_2; "
+                "distinct rooms get distinct keys.",
             },
             "description": {
                 "type": "string",
@@ -543,7 +765,7 @@ def _lexicon_errors(schema_set: SchemaSet, answer: Mapping[str, Any]) -> list[Va
         document = schema_set.documents[name]
         declared = document.get("properties") or {}
         filled = {k: v for k, v in PLACEHOLDER_PROVENANCE.items() if k in declared}
-        filled.update(TOOL_FIELDS.get(name, {}))
+        filled.update(tool_values(document, name, 1))
         candidate = {**filled, **{k: v for k, v in obj.items() if k != "image_ids"}}
         for error in Draft7Validator(document, format_checker=checker).iter_errors(candidate):
             error.path.extendleft(reversed(at))
