@@ -384,3 +384,62 @@ def test_formats() -> None:
     assert not is_uri("pbcpao.gov/Property")
     assert not is_uri("https://")
     assert not is_uri("https://host/with space")
+
+
+# --- strict conversion of whatever a set uses -------------------------------------------------------------
+
+
+def test_constructs_of_a_newer_set_go_into_the_request_or_are_checked_after(tmp_path: Path) -> None:
+    root = copy_set(tmp_path)
+    layout = json.loads((root / "layout.json").read_text())
+    layout["properties"].update(
+        {
+            "hue": {"const": "Warm"},
+            "ceiling_height": {"anyOf": [{"type": "number", "minimum": 0}, {"type": "null"}]},
+            "trim_width": {
+                "oneOf": [
+                    {"type": "number", "minimum": 1},
+                    {"type": "string", "pattern": "^\\d+ in$"},
+                    {"type": "null"},
+                ]
+            },
+            "inspected_on": {"type": ["string", "null"], "format": "date"},
+            "trim_color": {"type": "string", "enum": ["White", "Black", None]},
+            "door_code": {"type": ["string", "null"], "pattern": "^[A-Z]{2}$"},
+        }
+    )
+    layout["required"] += ["hue", "trim_color"]
+    rewrite_set(root, {"layout": layout})
+    newer = SchemaSet.load(root)
+    props = response_schema(newer, IDS)["properties"]["rooms"]["items"]["properties"]["layout"]["properties"]
+    assert props["hue"] == {"type": "string", "enum": ["Warm"]}
+    assert props["ceiling_height"] == {"minimum": 0, "type": ["number", "null"]}
+    assert props["trim_width"] == {"type": ["number", "string", "null"]}
+    assert props["inspected_on"] == {"format": "date", "type": ["string", "null"]}
+    assert props["trim_color"] == {"type": "string", "enum": ["White", "Black"]}  # type refuses null
+    assert props["door_code"] == {"pattern": "^[A-Z]{2}$", "type": ["string", "null"]}
+    for field in ("source_http_request", "request_identifier", "space_index", "space_type_index"):
+        assert field not in props
+    base = {**blank_layout(newer), "hue": "Warm", "trim_color": "White", "door_code": "AB"}
+    lax = {**base, "ceiling_height": 2.5, "trim_width": "wide", "inspected_on": "soon"}
+    parsed = parse_answer(newer, json.dumps(blank_answer([room("den", ["img_1"], lax)])), IDS)
+    layout = parsed["rooms"][0]["layout"]
+    assert layout["trim_width"] is None  # fits no branch: nullable, so null
+    assert layout["inspected_on"] is None  # not a date (a server that ignores `format`)
+    assert (layout["ceiling_height"], layout["door_code"]) == (2.5, "AB")
+    below = blank_answer([room("den", ["img_1"], {**lax, "ceiling_height": -3.0})])
+    with pytest.raises(AnswerError, match=r"ceiling_height: -3\.0 is less than the minimum of 0"):
+        parse_answer(newer, json.dumps(below), IDS)
+
+
+def test_descriptions_that_only_restate_the_name_are_left_out(schema_set: SchemaSet) -> None:
+    schema = response_schema(schema_set, IDS)
+    layout = schema["properties"]["rooms"]["items"]["properties"]["layout"]["properties"]
+    structure = schema["properties"]["structure"]["anyOf"][0]["properties"]
+    assert "description" not in layout["flooring_material_type"]  # "Refers to the type of material ..."
+    assert "description" not in layout["paint_condition"]  # short, and the enum says it all
+    assert layout["size_square_feet"]["description"] == "Room area in square feet."  # units: kept
+    assert "'SemiDetached' means" in structure["attachment_type"]["description"]  # explains values
+    assert "description" not in schema["properties"]["rooms"]["items"]["properties"]["layout"]
+    # 32,552 characters before (json.dumps, 3 image ids); every request carries it.
+    assert len(json.dumps(schema)) < 27_500

@@ -167,7 +167,9 @@ class SetReport:
         out.append(f"{good} of {len(self.entries)} schema files match their CIDs in {self.root}")
         if self.outside_links:
             count = len(self.outside_links)
-            out.append(f"note: {count} linked schema(s) not in the set (validate reports data that uses them):")
+            out.append(
+                f"note: {count} linked schema(s) not in the set (validate reports data that uses them):"
+            )
             out.extend(f"  {cid}" for cid in self.outside_links)
         out.append("usable for runs" if self.unusable is None else f"not usable for runs: {self.unusable}")
         return out
@@ -373,9 +375,9 @@ def _types_of(node: Mapping[str, Any], where: str) -> list[str]:
 def _without_unions(node: Mapping[str, Any], where: str) -> Mapping[str, Any]:
     """`const` as a one-member enum, and a field given as `anyOf`/`oneOf` branches as one typed node.
 
-    Only the branches' types (and enums, when every branch has one) are kept: what else the branches
-    say is checked against the real schema after the answer. An object or array branch must be the only
-    non-null one, since strict mode cannot mix it with other types.
+    One branch plus `{"type": "null"}` becomes that branch made nullable, constraints and all. With
+    several branches only their types (and enums, when every branch has one) are kept: what else they
+    say is checked against the real schema after the answer.
     """
     if "const" in node and "enum" not in node:
         node = {**{k: v for k, v in node.items() if k != "const"}, "enum": [node["const"]]}
@@ -386,10 +388,12 @@ def _without_unions(node: Mapping[str, Any], where: str) -> Mapping[str, Any]:
     outer = {k: v for k, v in node.items() if k not in _UNIONS}
     nulls = [b for b in branches if _types_of(b, where) == ["null"]]
     others = [b for b in branches if b not in nulls]
-    if len(others) == 1 and set(_types_of(others[0], where)) & {"object", "array"}:
+    if len(others) == 1:
         merged = {**others[0], **outer}
         if nulls:
             merged["type"] = [*_types_of(others[0], where), "null"]
+            if isinstance(merged.get("enum"), list):
+                merged["enum"] = [*merged["enum"], None]
         return merged
     types = list(dict.fromkeys(t for b in branches for t in _types_of(b, where)))
     merged = {**outer, "type": types}
