@@ -30,7 +30,9 @@ def test_known_rooms_and_county_rooms_are_stated(schema_set: SchemaSet) -> None:
     assert "- bedroom_1 (Bedroom): blue walls, bunk beds" in user
     assert "- bedroom_2\n" in user + "\n"
     assert "reuse the room_key" in user
-    assert "Rooms on record for this property: Bedroom: 3, Full Bathroom: 2." in user
+    assert (
+        "Rooms on record for this property: 3 bedrooms, 2 bathrooms (Bedroom: 3, Full Bathroom: 2)." in user
+    )
 
 
 def test_prompt_is_deterministic_and_compact(schema_set: SchemaSet) -> None:
@@ -40,7 +42,7 @@ def test_prompt_is_deterministic_and_compact(schema_set: SchemaSet) -> None:
     system, user = first
     assert len(system) < 2000
     assert len(user) < 600
-    assert PROMPT_VERSION == "1"
+    assert PROMPT_VERSION == "2"
 
 
 def test_system_prompt_names_the_non_nullable_booleans_from_the_schema(schema_set: SchemaSet) -> None:

@@ -2,7 +2,11 @@
 
 - Rooms: one layout per (category, room_key). A room seen in several batches is one layout; two keys are
   two layouts, never merged. Each field takes its first non-null value in batch order. `space_index`
-  numbers the rooms of one space type 1..n, ordered by category name, then first appearance.
+  (and `space_type_index`, when the set has it) numbers the rooms of one space type 1..n, ordered by
+  category name, then first appearance.
+- Rooms on record: when county data says the property has more bedrooms or bathrooms than the photos
+  showed, the missing ones are added (after the photographed rooms of their type) with the recorded
+  space type and nothing else known, so the folder has at least the recorded number of each.
 - structure, lot, utility: one object each per property, merged across all categories the same way
   (a non-nullable boolean is true if any answer says true); written only when some answer gave one.
 - Appliances: deduplicated by (appliance_type, finish) across the property.
@@ -15,27 +19,35 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
+from image_analyzer.county import COUNTED_KINDS, room_kind
 from image_analyzer.domain import Provenance
-from image_analyzer.errors import SchemaError
 from image_analyzer.naming import sanitize_component
 from image_analyzer.schemas import (
     APPLIANCE_CLASS,
+    FILE_CLASS,
     PROPERTY_CLASSES,
+    PROVENANCE_FIELDS,
     ROOM_CLASS,
+    TOOL_FIELDS,
     SchemaSet,
+    allows_null,
     non_nullable_booleans,
+    tool_values,
 )
 
 PROPERTY_FILE = "property.json"
-FILE_CLASS = "file"
 _EXTENSIONS = {"jpeg": "jpg", "png": "png"}
 _SAFE_IMAGE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*\.(?:jpg|png)")
 _UNTYPED_SPACE = "unspecified"
+_RECORDED_ROOM_BOOLEANS = {"is_exterior": False, "is_finished": True}
+"""A bedroom or bathroom on the county record is an interior, finished room; other booleans say false."""
+_GENERIC_TYPES = {"bedroom": "Bedroom", "bathroom": "Full Bathroom"}
 
 
 @dataclass(frozen=True)
@@ -98,8 +110,8 @@ def _first_non_null(objects: Sequence[Mapping[str, Any]], any_true: Iterable[str
     return merged
 
 
-def _rooms(records: Sequence[BatchRecord]) -> list[_Room]:
-    """Rooms keyed by (category, sanitised room_key), in (category, first appearance) order."""
+def _photographed_rooms(records: Sequence[BatchRecord]) -> list[tuple[dict[str, Any], tuple[str, ...]]]:
+    """(merged layout, image ids) per (category, sanitised room_key), by (category, first appearance)."""
     layouts: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     images: dict[tuple[str, str], dict[str, None]] = {}
     for record in _in_order(records):
@@ -108,25 +120,93 @@ def _rooms(records: Sequence[BatchRecord]) -> list[_Room]:
             key = (record.category, room_key)
             layouts.setdefault(key, []).append(room.get(ROOM_CLASS) or {})
             images.setdefault(key, {}).update(dict.fromkeys(room.get("image_ids") or ()))
+    return [(_first_non_null(found), tuple(images[key])) for key, found in layouts.items()]
+
+
+def _rooms(
+    records: Sequence[BatchRecord],
+    schema_set: SchemaSet | None = None,
+    county_rooms: Mapping[str, int] | None = None,
+) -> list[_Room]:
+    """Photographed rooms, then the recorded rooms the photos did not show, numbered per space type."""
+    rooms = _photographed_rooms(records)
+    if schema_set is not None and county_rooms:
+        shown = [layout for layout, _images in rooms]
+        rooms += [(layout, ()) for layout in recorded_rooms(shown, county_rooms, schema_set)]
     counters: dict[str, int] = {}
-    rooms = []
-    for (category, room_key), found in layouts.items():
-        layout = _first_non_null(found)
+    numbered = []
+    for layout, image_ids in rooms:
         space_type = layout.get("space_type")
         # Numbered per file-name slug (one slug per space type) so names can never collide.
         slug = _UNTYPED_SPACE
         if isinstance(space_type, str):
             slug = sanitize_component(space_type, fallback=_UNTYPED_SPACE)
         counters[slug] = index = counters.get(slug, 0) + 1
-        rooms.append(
-            _Room(
-                layout=layout,
-                image_ids=tuple(images[(category, room_key)]),
-                space_index=index,
-                stem=f"{ROOM_CLASS}_{slug}_{index}",
-            )
+        numbered.append(
+            _Room(layout=layout, image_ids=image_ids, space_index=index, stem=f"{ROOM_CLASS}_{slug}_{index}")
         )
-    return rooms
+    return numbered
+
+
+def recorded_rooms(
+    shown: Sequence[Mapping[str, Any]], county_rooms: Mapping[str, int], schema_set: SchemaSet
+) -> list[dict[str, Any]]:
+    """Layouts for the bedrooms and bathrooms on record that no photographed room accounts for.
+
+    Per kind, the photos account for as many recorded rooms as they show rooms of that kind; the rooms
+    added are the recorded ones whose exact space type the photos matched least (3 recorded bedrooms
+    `Primary Bedroom, Bedroom, Bedroom` and photos of one `Bedroom` add a `Primary Bedroom` and a
+    `Bedroom`).
+    """
+    shown_types = Counter(t for t in (layout.get("space_type") for layout in shown) if isinstance(t, str))
+    allowed = _space_type_members(schema_set)
+    added: list[dict[str, Any]] = []
+    for kind in COUNTED_KINDS:
+        recorded = [t for t, n in county_rooms.items() if room_kind(t) == kind for _ in range(max(n, 0))]
+        missing = len(recorded) - sum(n for t, n in shown_types.items() if room_kind(t) == kind)
+        if missing <= 0:
+            continue
+        unmatched = Counter(recorded) - shown_types
+        candidates = [t for t in dict.fromkeys(recorded) for _ in range(unmatched[t])]
+        for space_type in candidates[:missing]:
+            writable = _writable_space_type(space_type, kind, allowed)
+            if writable is not None:
+                added.append(_recorded_layout(schema_set, writable))
+    return added
+
+
+def _space_type_members(schema_set: SchemaSet) -> list[str] | None:
+    """The space types the set allows (None: any string)."""
+    spec = (schema_set.documents[ROOM_CLASS].get("properties") or {}).get("space_type") or {}
+    enum = spec.get("enum")
+    return [m for m in enum if isinstance(m, str)] if isinstance(enum, list) else None
+
+
+def _writable_space_type(space_type: str, kind: str, allowed: Sequence[str] | None) -> str | None:
+    """The recorded type if the set allows it, else the set's generic type of that kind."""
+    if allowed is None or space_type in allowed:
+        return space_type
+    if _GENERIC_TYPES[kind] in allowed:
+        return _GENERIC_TYPES[kind]
+    return next((t for t in allowed if room_kind(t) == kind), None)
+
+
+def _recorded_layout(schema_set: SchemaSet, space_type: str) -> dict[str, Any]:
+    """A room known only from the record: its space type, null where the set allows null."""
+    document = schema_set.documents[ROOM_CLASS]
+    properties = document.get("properties") or {}
+    required = set(document.get("required") or ())
+    skip = {*PROVENANCE_FIELDS, *TOOL_FIELDS.get(ROOM_CLASS, ())}
+    layout: dict[str, Any] = {}
+    for key, spec in properties.items():
+        if key in skip or not isinstance(spec, Mapping):
+            continue
+        if allows_null(spec):
+            layout[key] = None
+        elif key in required and spec.get("type") in ("boolean", ["boolean"]):
+            layout[key] = _RECORDED_ROOM_BOOLEANS.get(key, False)
+    layout["space_type"] = space_type
+    return layout
 
 
 def room_assignments(records: Sequence[BatchRecord]) -> dict[str, list[str]]:
@@ -169,6 +249,19 @@ def _provenance_fields(provenance: Provenance) -> dict[str, Any]:
     return {"source_http_request": request, "request_identifier": provenance.request_identifier}
 
 
+def _declared(schema_set: SchemaSet, class_name: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields the class declares (a newer set may drop one), plus null for any other field it
+    requires and allows to be null."""
+    document = schema_set.documents[class_name]
+    properties = document.get("properties") or {}
+    out = {k: v for k, v in fields.items() if k in properties}
+    for key in document.get("required") or ():
+        spec = properties.get(key)
+        if key not in out and isinstance(spec, Mapping) and allows_null(spec):
+            out[key] = None
+    return out
+
+
 def _file_object(image: OutputImage, provenance: Provenance) -> tuple[str, dict[str, Any]]:
     if not _SAFE_IMAGE_NAME.fullmatch(image.file_name) or image.output_format not in _EXTENSIONS:
         raise ValueError(f"unsafe image file name {image.file_name!r}: build it with image_file_name()")
@@ -186,14 +279,7 @@ def _file_object(image: OutputImage, provenance: Provenance) -> tuple[str, dict[
 
 def relationship_key(schema_set: SchemaSet, class_name: str) -> str:
     """The data-group key (e.g. `property_has_layout`) whose items are `property_to_<class>` links."""
-    relationship = f"property_to_{class_name}"
-    cid = schema_set.cids.get(relationship)
-    group = schema_set.documents[schema_set.data_group_name]
-    slots = ((group.get("properties") or {}).get("relationships") or {}).get("properties") or {}
-    for key, slot in slots.items():
-        if cid is not None and isinstance(slot, dict) and (slot.get("items") or {}).get("cid") == cid:
-            return str(key)
-    raise SchemaError(f"the data group {schema_set.data_group_name} has no slot for {relationship}")
+    return schema_set.relationship_key(class_name)
 
 
 def _class_objects(
@@ -201,21 +287,33 @@ def _class_objects(
     images: Sequence[OutputImage],
     provenance: Provenance,
     schema_set: SchemaSet,
+    county_rooms: Mapping[str, int] | None,
 ) -> dict[str, dict[str, dict[str, Any]]]:
-    """Class name -> file stem -> object, provenance included."""
+    """Class name -> file stem -> object, provenance and room numbers included where the class has them."""
     origin = _provenance_fields(provenance)
+    layout_document = schema_set.documents[ROOM_CLASS]
     objects: dict[str, dict[str, dict[str, Any]]] = {
-        ROOM_CLASS: {r.stem: {**r.layout, "space_index": r.space_index, **origin} for r in _rooms(records)},
+        ROOM_CLASS: {
+            r.stem: _declared(
+                schema_set,
+                ROOM_CLASS,
+                {**r.layout, **tool_values(layout_document, ROOM_CLASS, r.space_index), **origin},
+            )
+            for r in _rooms(records, schema_set, county_rooms)
+        },
     }
     for name, fields in _property_objects(records, schema_set).items():
-        objects[name] = {name: {**fields, **origin}}
-    objects[APPLIANCE_CLASS] = {stem: {**fields, **origin} for stem, fields in _appliances(records)}
+        objects[name] = {name: _declared(schema_set, name, {**fields, **origin})}
+    objects[APPLIANCE_CLASS] = {
+        stem: _declared(schema_set, APPLIANCE_CLASS, {**fields, **origin})
+        for stem, fields in _appliances(records)
+    }
     files: dict[str, dict[str, Any]] = {}
     for image in images:
         stem, obj = _file_object(image, provenance)
         if stem in files:
             raise ValueError(f"two images would both be written as {image.file_name}")
-        files[stem] = obj
+        files[stem] = _declared(schema_set, FILE_CLASS, obj)
     objects[FILE_CLASS] = files
     return objects
 
@@ -229,25 +327,26 @@ def build_property_files(
     images: Sequence[OutputImage],
     provenance: Provenance,
     schema_set: SchemaSet,
+    *,
+    county_rooms: Mapping[str, int] | None = None,
 ) -> dict[str, bytes]:
     """Every JSON file of the property folder, file name -> bytes, sorted by name.
 
-    A property whose answers give no room still gets its files: validation then reports the missing
-    `property_has_layout`.
+    `county_rooms` (space type -> count on record, see `county.py`) adds the bedrooms and bathrooms the
+    photos did not show. A property whose answers give no room still gets its files: validation then
+    reports the missing `property_has_layout`.
     """
     output: dict[str, Any] = {}
     relationships: dict[str, list[dict[str, str]]] = {}
-    for class_name, objects in _class_objects(records, images, provenance, schema_set).items():
+    classes = _class_objects(records, images, provenance, schema_set, county_rooms)
+    for class_name, objects in classes.items():
         if not objects:
             continue
         links = []
         for stem, obj in objects.items():
             relationship = f"relationship_property_{stem}"
             output[f"{stem}.json"] = obj
-            output[f"{relationship}.json"] = {
-                "from": {"/": f"./{PROPERTY_FILE}"},
-                "to": {"/": f"./{stem}.json"},
-            }
+            output[f"{relationship}.json"] = _relationship(f"{stem}.json")
             links.append({"/": f"./{relationship}.json"})
         relationships[relationship_key(schema_set, class_name)] = sorted(links, key=lambda link: link["/"])
     group = schema_set.documents[schema_set.data_group_name]

@@ -1,9 +1,13 @@
 """The text sent with each batch of photos: a fixed system prompt and a short per-batch user text.
 
-Batches of one category are sent in order, and each carries the rooms found so far in that category, so
-the model can reuse their `room_key` when a later photo shows the same room. Output is deterministic (same
-inputs, same text) and compact: every token is paid for on every request. Bump `PROMPT_VERSION` whenever the
-text changes, because resume treats answers to an older prompt as stale.
+The user text names the folder and the image ids in order, and, when county data is given, the rooms on
+record (`Rooms on record for this property: 3 bedrooms, 2 bathrooms (Bedroom: 2, ...)`), so photos are
+assigned to those rooms with their recorded space types. A caller that runs a category's batches in order
+can also pass the rooms found so far (`known_rooms_from`), so their `room_key`s are reused.
+
+Output is deterministic (same inputs, same text) and compact: every token is paid for on every request.
+Bump `PROMPT_VERSION` whenever the request changes (text or response schema), because resume treats
+answers to an older prompt as stale.
 """
 
 from __future__ import annotations
@@ -12,10 +16,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from image_analyzer.county import kind_totals
 from image_analyzer.naming import sanitize_component
 from image_analyzer.schemas import PROPERTY_CLASSES, ROOM_CLASS, SchemaSet, non_nullable_booleans
 
-PROMPT_VERSION = "1"
+PROMPT_VERSION = "2"
+"""2: county rooms stated with their totals; response schema without descriptions that restate names."""
 
 _DESCRIPTION_LIMIT = 120
 
@@ -84,9 +90,19 @@ def build_prompt(
     if known_rooms:
         parts.append(_known_rooms_text(known_rooms))
     if county_rooms:
-        counts = ", ".join(f"{_one_line(kind, 60)}: {n}" for kind, n in sorted(county_rooms.items()))
-        parts.append(f"Rooms on record for this property: {counts}.")
+        parts.append(county_rooms_text(county_rooms))
     return system_prompt(schema_set), "\n".join(parts)
+
+
+def county_rooms_text(county_rooms: Mapping[str, int]) -> str:
+    """`Rooms on record for this property: 3 bedrooms, 2 bathrooms (Bedroom: 2, Full Bathroom: 2, ...)`."""
+    counts = ", ".join(f"{_one_line(kind, 60)}: {n}" for kind, n in sorted(county_rooms.items()) if n > 0)
+    totals = ", ".join(f"{n} {kind}{'s' if n != 1 else ''}" for kind, n in kind_totals(county_rooms).items())
+    summary = f"{totals} ({counts})" if totals else counts
+    return (
+        f"Rooms on record for this property: {summary}. A bedroom or bathroom photo shows one of these "
+        "rooms: use the recorded space types where they fit, one room_key per distinct room."
+    )
 
 
 def known_rooms_from(answers: Sequence[Mapping[str, Any]]) -> list[KnownRoom]:
