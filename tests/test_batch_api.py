@@ -378,6 +378,26 @@ def test_an_expired_batch_lists_the_rest_and_resubmit_sends_only_those(
     assert answered_id.isdisjoint(line["custom_id"] for line in fake_batch.batch_lines(second))
 
 
+def test_run_retry_failed_finishes_what_the_batch_left_and_collect_stops_listing_it(
+    workdir: Path, fake_batch: FakeBatchServer
+) -> None:
+    make_tree(workdir / "images", {"p1": {"kitchen": 3}})
+    assert batch(fake_batch, "submit", "--batch-size", "1").exit_code == 0
+    fake_batch.expire(only_batch_id(fake_batch), answered=1)
+    code, result = batch_json(fake_batch, "collect")
+    assert code == 1 and len(result["failed"]) == 2
+    before = len(fake_batch.requests)
+
+    rerun = invoke(run_args(fake_batch, "--batch-size", "1", "--retry-failed"))
+    assert rerun.exit_code == 0, rerun.stderr
+    assert len([r for r in fake_batch.requests[before:] if r.image_count]) == 2
+    assert rerun.summary()["reused_batches"] == 1
+
+    code, after = batch_json(fake_batch, "collect")
+    assert code == 0
+    assert after["failed"] == []
+
+
 def test_refused_and_truncated_answers_are_listed_not_saved_but_still_cost(
     workdir: Path, fake_batch: FakeBatchServer
 ) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -22,6 +24,8 @@ from image_analyzer.sharding import (
     shard_from_env,
     shard_of,
 )
+from tests.fakeopenai import FakeOpenAIServer
+from tests.helpers import invoke, make_tree
 
 property_ids = st.lists(st.text(min_size=1, max_size=30), max_size=60)
 shard_counts = st.integers(min_value=1, max_value=16)
@@ -144,3 +148,49 @@ def test_shards_are_roughly_balanced_on_realistic_ids(count: int) -> None:
     ids = [f"{30434108090030050 + i:017d}" for i in range(2000)]
     sizes = [len(shard) for shard in partition(ids, count)]
     assert min(sizes) > 0.7 * len(ids) / count
+
+
+def _run_takes_shards() -> bool:
+    import inspect
+
+    from image_analyzer.cli import run
+
+    return {"shard", "shards"} <= set(inspect.signature(run).parameters)
+
+
+@pytest.mark.skipif(not _run_takes_shards(), reason="cli.py `run` has no --shard/--shards yet")
+def test_two_shards_against_one_server_analyse_every_image_once(
+    workdir: Path, fake_openai: FakeOpenAIServer
+) -> None:
+    layout = {f"{30434108090030050 + n:017d}": {"kitchen": 1 + n % 2, "bedroom": 1} for n in range(8)}
+    make_tree(workdir / "images", layout)
+    total_images = sum(sum(categories.values()) for categories in layout.values())
+    common = [
+        "run",
+        "--all-properties",
+        "--base-url",
+        fake_openai.base_url,
+        "--api-key",
+        "sk-test-shards",
+        "--json",
+    ]
+
+    first = invoke([*common, "--shard", "0/2"], env={"IMAGE_ANALYZER_RUN_ID": "nightly"})
+    second = invoke(
+        [*common, "--shards", "2"], env={"JOB_COMPLETION_INDEX": "1", "IMAGE_ANALYZER_RUN_ID": "nightly"}
+    )
+    assert first.exit_code == second.exit_code == 0, first.stderr + second.stderr
+
+    hashes = fake_openai.successful_image_hashes()
+    assert len(hashes) == len(set(hashes)) == total_images
+    taken = [set(first.summary()["properties"]), set(second.summary()["properties"])]
+    assert taken[0].isdisjoint(taken[1])
+    assert taken[0] | taken[1] == set(layout)
+    assert taken == [set(shard) for shard in partition(layout, 2)]
+    assert {first.summary().get("shard"), second.summary().get("shard")} == {"0/2", "1/2"}
+
+    report = invoke(["report", "output", "--json"])
+    assert report.exit_code == 0
+    merged = json.loads(report.stdout)
+    assert merged["totals"]["properties"] == len(layout)
+    assert merged["totals"]["images_analysed"] == total_images

@@ -18,7 +18,8 @@ from image_analyzer.cliutil import given, guarded
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from image_analyzer.batch_api import BatchJob, CollectResult, SubmitResult
+    from image_analyzer.batch_api import BatchJob, SubmitResult
+    from image_analyzer.batch_collect import CollectResult
 
 batch_app = typer.Typer(
     name="batch",
@@ -301,8 +302,9 @@ def collect(
     def work() -> int:
         import asyncio
 
-        from image_analyzer.batch_api import Backoff, CollectOptions
-        from image_analyzer.batch_api import collect as collect_batches
+        from image_analyzer.batch_api import Backoff
+        from image_analyzer.batch_collect import CollectOptions
+        from image_analyzer.batch_collect import collect as collect_batches
         from image_analyzer.errors import ConfigError
         from image_analyzer.settings import load_settings
 
