@@ -41,19 +41,19 @@ SHOW = "Display"
 OutputDir = Annotated[
     str | None,
     typer.Option(
-        "--output-dir", help="Output folder or s3://bucket/prefix [default: output].", rich_help_panel=OUTPUT
+        "--output-dir", help="Output folder or s3://bucket/prefix (default: output).", rich_help_panel=OUTPUT
     ),
 ]
 BaseUrl = Annotated[
     str | None,
     typer.Option(
-        "--base-url", help="OpenAI-compatible endpoint [env: OPENAI_BASE_URL].", rich_help_panel=MODEL
+        "--base-url", help="OpenAI-compatible endpoint (env: OPENAI_BASE_URL).", rich_help_panel=MODEL
     ),
 ]
 ApiKey = Annotated[
     str | None,
     typer.Option(
-        "--api-key", help="API key [env: OPENAI_API_KEY].", rich_help_panel=MODEL, show_default=False
+        "--api-key", help="API key (env: OPENAI_API_KEY).", rich_help_panel=MODEL, show_default=False
     ),
 ]
 JsonOutput = Annotated[
@@ -85,7 +85,7 @@ def submit(
     seed_csv: Annotated[
         Path | None,
         typer.Option(
-            "--seed-csv", help="Seed file [default: seed.csv when present].", rich_help_panel=SELECT
+            "--seed-csv", help="Seed file (default: seed.csv when present).", rich_help_panel=SELECT
         ),
     ] = None,
     local_folders: Annotated[
@@ -100,12 +100,12 @@ def submit(
         Path | None,
         typer.Option(
             "--images-dir",
-            help="Root of <property>/<category>/<image> [default: images].",
+            help="Root of <property>/<category>/<image> (default: images).",
             rich_help_panel=SOURCE,
         ),
     ] = None,
     bucket: Annotated[
-        str | None, typer.Option("--bucket", help="S3 bucket [env: S3_BUCKET_NAME].", rich_help_panel=SOURCE)
+        str | None, typer.Option("--bucket", help="S3 bucket (env: S3_BUCKET_NAME).", rich_help_panel=SOURCE)
     ] = None,
     prefix: Annotated[
         str | None, typer.Option("--prefix", help="S3 key prefix.", rich_help_panel=SOURCE)
@@ -121,23 +121,23 @@ def submit(
     ] = None,
     batch_size: Annotated[
         int | None,
-        typer.Option("--batch-size", help="Images per request [default: 10].", rich_help_panel=MODEL),
+        typer.Option("--batch-size", help="Images per request (default: 10).", rich_help_panel=MODEL),
     ] = None,
     model: Annotated[
-        str | None, typer.Option("--model", help="Vision model [default: gpt-4o].", rich_help_panel=MODEL)
+        str | None, typer.Option("--model", help="Vision model (default: gpt-4o).", rich_help_panel=MODEL)
     ] = None,
     base_url: BaseUrl = None,
     api_key: ApiKey = None,
     max_tokens: Annotated[
         int | None,
         typer.Option(
-            "--max-tokens", help="Completion token cap per request [default: 4096].", rich_help_panel=MODEL
+            "--max-tokens", help="Completion token cap per request (default: 4096).", rich_help_panel=MODEL
         ),
     ] = None,
     detail: Annotated[
         str | None,
         typer.Option(
-            "--detail", help="Image detail: auto, low or high [default: auto].", rich_help_panel=MODEL
+            "--detail", help="Image detail: auto, low or high (default: auto).", rich_help_panel=MODEL
         ),
     ] = None,
     max_image_side: Annotated[
@@ -152,7 +152,7 @@ def submit(
         int | None,
         typer.Option(
             "--max-image-pixels",
-            help="Refuse images decoding to more pixels [default: 50,000,000].",
+            help="Refuse images decoding to more pixels (default: 50,000,000).",
             rich_help_panel=MODEL,
         ),
     ] = None,
