@@ -22,7 +22,14 @@ print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in {heavy!r}))
 """
 
 
-HELP_COMMANDS = [["--help"], ["run", "--help"], ["validate", "--help"], ["report", "--help"]]
+HELP_COMMANDS = [
+    ["--help"],
+    ["run", "--help"],
+    ["validate", "--help"],
+    ["report", "--help"],
+    ["batch", "submit", "--help"],
+    ["schemas", "list", "--help"],
+]
 
 
 @pytest.mark.parametrize("args", HELP_COMMANDS)

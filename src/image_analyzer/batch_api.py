@@ -431,11 +431,10 @@ class PipelinePlanning:
         self._pipeline = pipeline
 
     def property_ids(self) -> AsyncIterator[str]:
-        # TODO(lead): public names once pipeline.py exposes these two (see the batch-mode report).
-        return self._pipeline._selected_property_ids()
+        return self._pipeline.selected_property_ids()
 
     async def plan_category(self, listing: CategoryListing) -> CategoryJob:
-        return await self._pipeline._plan_category(listing)
+        return await self._pipeline.plan_category(listing)
 
     def county_rooms(self, property_id: str) -> Any:
         county = self._pipeline.deps.county_rooms

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from image_analyzer import cli_options as o
 from image_analyzer.cliutil import given, guarded
 
 if TYPE_CHECKING:
@@ -30,36 +30,14 @@ batch_app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-SELECT = "Selection"
-SOURCE = "Source"
-MODEL = "Model"
 FILES = "Batch files"
-OUTPUT = "Output"
 SHOW = "Display"
 
-# Options shared by the three commands.
-OutputDir = Annotated[
-    str | None,
-    typer.Option(
-        "--output-dir", help="Output folder or s3://bucket/prefix (default: output).", rich_help_panel=OUTPUT
-    ),
-]
-BaseUrl = Annotated[
-    str | None,
-    typer.Option(
-        "--base-url", help="OpenAI-compatible endpoint (env: OPENAI_BASE_URL).", rich_help_panel=MODEL
-    ),
-]
-ApiKey = Annotated[
-    str | None,
-    typer.Option(
-        "--api-key", help="API key (env: OPENAI_API_KEY).", rich_help_panel=MODEL, show_default=False
-    ),
-]
-JsonOutput = Annotated[
-    bool, typer.Option("--json", help="Print the result as JSON on stdout.", rich_help_panel=SHOW)
-]
-Debug = Annotated[bool, typer.Option("--debug", help="Tracebacks on errors.", rich_help_panel=SHOW)]
+OutputDir = o.OutputDir
+BaseUrl = o.BaseUrl
+ApiKey = o.ApiKey
+JsonOutput = o.JsonOutput
+Debug = o.Debug
 
 
 @batch_app.callback()
@@ -69,133 +47,46 @@ def _batch_root() -> None:
 
 @batch_app.command()
 def submit(
-    all_properties: Annotated[
-        bool, typer.Option("--all-properties", help="Every property folder.", rich_help_panel=SELECT)
-    ] = False,
-    property_id: Annotated[
-        list[str] | None,
-        typer.Option("--property-id", help="Only this property (repeatable).", rich_help_panel=SELECT),
-    ] = None,
-    only_seeded: Annotated[
-        bool,
-        typer.Option(
-            "--only-seeded", help="Only properties listed in the seed file.", rich_help_panel=SELECT
-        ),
-    ] = False,
-    seed_csv: Annotated[
-        Path | None,
-        typer.Option(
-            "--seed-csv", help="Seed file (default: seed.csv when present).", rich_help_panel=SELECT
-        ),
-    ] = None,
-    local_folders: Annotated[
-        bool,
-        typer.Option(
-            "--local-folders",
-            help="Read local folders (the default without a bucket).",
-            rich_help_panel=SOURCE,
-        ),
-    ] = False,
-    images_dir: Annotated[
-        Path | None,
-        typer.Option(
-            "--images-dir",
-            help="Root of <property>/<category>/<image> (default: images).",
-            rich_help_panel=SOURCE,
-        ),
-    ] = None,
-    bucket: Annotated[
-        str | None, typer.Option("--bucket", help="S3 bucket (env: S3_BUCKET_NAME).", rich_help_panel=SOURCE)
-    ] = None,
-    prefix: Annotated[
-        str | None, typer.Option("--prefix", help="S3 key prefix.", rich_help_panel=SOURCE)
-    ] = None,
-    endpoint_url: Annotated[
-        str | None, typer.Option("--endpoint-url", help="S3-compatible endpoint URL.", rich_help_panel=SOURCE)
-    ] = None,
-    region: Annotated[
-        str | None, typer.Option("--region", help="AWS region.", rich_help_panel=SOURCE)
-    ] = None,
-    profile: Annotated[
-        str | None, typer.Option("--profile", help="AWS profile.", rich_help_panel=SOURCE)
-    ] = None,
-    batch_size: Annotated[
-        int | None,
-        typer.Option("--batch-size", help="Images per request (default: 10).", rich_help_panel=MODEL),
-    ] = None,
-    model: Annotated[
-        str | None, typer.Option("--model", help="Vision model (default: gpt-4o).", rich_help_panel=MODEL)
-    ] = None,
-    base_url: BaseUrl = None,
-    api_key: ApiKey = None,
-    max_tokens: Annotated[
-        int | None,
-        typer.Option(
-            "--max-tokens", help="Completion token cap per request (default: 4096).", rich_help_panel=MODEL
-        ),
-    ] = None,
-    detail: Annotated[
-        str | None,
-        typer.Option(
-            "--detail", help="Image detail: auto, low or high (default: auto).", rich_help_panel=MODEL
-        ),
-    ] = None,
-    max_image_side: Annotated[
-        int | None,
-        typer.Option(
-            "--max-image-side",
-            help="Downscale images to at most this many pixels a side.",
-            rich_help_panel=MODEL,
-        ),
-    ] = None,
-    max_image_pixels: Annotated[
-        int | None,
-        typer.Option(
-            "--max-image-pixels",
-            help="Refuse images decoding to more pixels (default: 50,000,000).",
-            rich_help_panel=MODEL,
-        ),
-    ] = None,
-    prices: Annotated[
-        Path | None,
-        typer.Option(
-            "--prices", help="JSON price table overriding the built-in prices.", rich_help_panel=MODEL
-        ),
-    ] = None,
+    all_properties: o.AllProperties = False,
+    property_id: o.PropertyIds = None,
+    only_seeded: o.OnlySeeded = False,
+    seed_csv: o.SeedCsv = None,
+    shard: o.ShardOpt = None,
+    shards: o.ShardsOpt = None,
+    local_folders: o.LocalFolders = False,
+    images_dir: o.ImagesDir = None,
+    bucket: o.Bucket = None,
+    prefix: o.Prefix = None,
+    endpoint_url: o.EndpointUrl = None,
+    region: o.Region = None,
+    profile: o.Profile = None,
+    batch_size: o.BatchSize = None,
+    model: o.Model = None,
+    base_url: o.BaseUrl = None,
+    api_key: o.ApiKey = None,
+    max_tokens: o.MaxTokens = None,
+    detail: o.Detail = None,
+    max_image_side: o.MaxImageSide = None,
+    max_image_pixels: o.MaxImagePixels = None,
+    prices: o.Prices = None,
     max_requests_per_file: Annotated[
-        int,
-        typer.Option(
-            "--max-requests-per-file",
-            help="Requests per batch file (the Batch API allows 50,000).",
-            rich_help_panel=FILES,
-        ),
+        int, o.opt("--max-requests-per-file", "Requests per batch file (the Batch API allows 50,000).", FILES)
     ] = 50_000,
     max_file_bytes: Annotated[
-        int,
-        typer.Option(
-            "--max-file-bytes",
-            help="Bytes per batch file (the Batch API allows 200 MB).",
-            rich_help_panel=FILES,
-        ),
+        int, o.opt("--max-file-bytes", "Bytes per batch file (the Batch API allows 200 MB).", FILES)
     ] = 200_000_000,
-    output_dir: OutputDir = None,
-    schema_set: Annotated[
-        Path | None,
-        typer.Option(
-            "--schema-set", help="Plan with another verified schema set (a folder).", rich_help_panel=OUTPUT
-        ),
-    ] = None,
-    force: Annotated[
-        bool,
-        typer.Option("--force", help="Send batches an earlier run already answered.", rich_help_panel=OUTPUT),
-    ] = False,
-    json_output: JsonOutput = False,
-    debug: Debug = False,
+    output_dir: o.OutputDir = None,
+    schema_set: o.SchemaSetOpt = None,
+    county_data_dir: o.CountyDataDir = None,
+    force: o.Force = False,
+    json_output: o.JsonOutput = False,
+    debug: o.Debug = False,
 ) -> None:
     """Plan the same requests as `run`, write them as Batch API files, upload them and create the batches."""
     flags = given(
         all_properties=all_properties, property_ids=property_id, only_seeded=only_seeded, seed_csv=seed_csv,
-        local_folders=local_folders, images_dir=images_dir, bucket=bucket, prefix=prefix,
+        shard=shard, shards=shards, county_data_dir=county_data_dir, local_folders=local_folders,
+        images_dir=images_dir, bucket=bucket, prefix=prefix,
         endpoint_url=endpoint_url, region=region, profile=profile, batch_size=batch_size, model=model,
         base_url=base_url, api_key=api_key, max_tokens=max_tokens, detail=detail,
         max_image_side=max_image_side, max_image_pixels=max_image_pixels, prices_file=prices,
@@ -261,12 +152,7 @@ def collect(
     output_dir: OutputDir = None,
     base_url: BaseUrl = None,
     api_key: ApiKey = None,
-    prices: Annotated[
-        Path | None,
-        typer.Option(
-            "--prices", help="JSON price table overriding the built-in prices.", rich_help_panel=MODEL
-        ),
-    ] = None,
+    prices: o.Prices = None,
     wait: Annotated[
         bool,
         typer.Option(

@@ -1,16 +1,20 @@
 """The command line: parse flags, hand them to the use cases, map errors to exit codes.
 
-Only this module imports typer. Everything heavy (openai, aioboto3, Pillow, jsonschema) is imported
-inside the commands, so `--help` answers fast.
+Commands and their options live here and in the sub-apps (`batch_cli`, `schemas_cli`); everything heavy
+(openai, aioboto3, Pillow, jsonschema) is imported inside the commands, so `--help` answers fast.
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
+
+from image_analyzer import cli_options as o
+from image_analyzer.batch_cli import batch_app
+from image_analyzer.cliutil import given, guarded
+from image_analyzer.schemas_cli import schemas_app
 
 app = typer.Typer(
     name="image-analyzer",
@@ -18,14 +22,10 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
-
-SOURCE = "Source"
-SELECT = "Selection"
-SPEED = "Concurrency and timeouts"
-MODEL = "Model"
-OUTPUT = "Output and run control"
-SHOW = "Display"
+app.add_typer(batch_app, name="batch")
+app.add_typer(schemas_app, name="schemas")
 
 
 @app.callback()
@@ -33,256 +33,92 @@ def _root() -> None:
     """image-analyzer: property photos in, Elephant data groups out."""
 
 
-def _given(**flags: Any) -> dict[str, Any]:
-    """Only the flags the user gave, so the environment and defaults fill in the rest."""
-    return {
-        name: value
-        for name, value in flags.items()
-        if value is not None and value != [] and value is not False
-    }
-
-
 @app.command()
 def run(
-    all_properties: Annotated[
-        bool, typer.Option("--all-properties", help="Every property folder.", rich_help_panel=SELECT)
-    ] = False,
-    property_id: Annotated[
-        list[str] | None,
-        typer.Option("--property-id", help="Only this property (repeatable).", rich_help_panel=SELECT),
-    ] = None,
-    only_seeded: Annotated[
-        bool,
-        typer.Option(
-            "--only-seeded", help="Only properties listed in the seed file.", rich_help_panel=SELECT
-        ),
-    ] = False,
-    seed_csv: Annotated[
-        Path | None,
-        typer.Option(
-            "--seed-csv", help="Seed file [default: seed.csv when present].", rich_help_panel=SELECT
-        ),
-    ] = None,
-    local_folders: Annotated[
-        bool,
-        typer.Option(
-            "--local-folders",
-            help="Read local folders (the default without a bucket).",
-            rich_help_panel=SOURCE,
-        ),
-    ] = False,
-    images_dir: Annotated[
-        Path | None,
-        typer.Option(
-            "--images-dir",
-            help="Root of <property>/<category>/<image> [default: images].",
-            rich_help_panel=SOURCE,
-        ),
-    ] = None,
-    bucket: Annotated[
-        str | None, typer.Option("--bucket", help="S3 bucket [env: S3_BUCKET_NAME].", rich_help_panel=SOURCE)
-    ] = None,
-    prefix: Annotated[
-        str | None, typer.Option("--prefix", help="S3 key prefix.", rich_help_panel=SOURCE)
-    ] = None,
-    endpoint_url: Annotated[
-        str | None, typer.Option("--endpoint-url", help="S3-compatible endpoint URL.", rich_help_panel=SOURCE)
-    ] = None,
-    region: Annotated[
-        str | None, typer.Option("--region", help="AWS region.", rich_help_panel=SOURCE)
-    ] = None,
-    profile: Annotated[
-        str | None, typer.Option("--profile", help="AWS profile.", rich_help_panel=SOURCE)
-    ] = None,
-    download_workers: Annotated[
-        int | None,
-        typer.Option(
-            "--download-workers", help="Concurrent S3 downloads [default: 16].", rich_help_panel=SOURCE
-        ),
-    ] = None,
+    all_properties: o.AllProperties = False,
+    property_id: o.PropertyIds = None,
+    only_seeded: o.OnlySeeded = False,
+    seed_csv: o.SeedCsv = None,
+    shard: o.ShardOpt = None,
+    shards: o.ShardsOpt = None,
+    local_folders: o.LocalFolders = False,
+    images_dir: o.ImagesDir = None,
+    bucket: o.Bucket = None,
+    prefix: o.Prefix = None,
+    endpoint_url: o.EndpointUrl = None,
+    region: o.Region = None,
+    profile: o.Profile = None,
+    download_workers: o.DownloadWorkers = None,
     parallel_categories: Annotated[
-        bool,
-        typer.Option("--parallel-categories", help="Run categories concurrently.", rich_help_panel=SPEED),
+        bool, o.opt("--parallel-categories", "Run categories concurrently.", o.SPEED)
     ] = False,
     category_workers: Annotated[
         int | None,
-        typer.Option(
-            "--category-workers",
-            help="Categories at once [default: 5]; giving it implies --parallel-categories.",
-            rich_help_panel=SPEED,
+        o.opt(
+            "--category-workers", "Categories at once [default: 5]; implies --parallel-categories.", o.SPEED
         ),
     ] = None,
     max_workers: Annotated[
-        int | None,
-        typer.Option("--max-workers", help="Model requests in flight [default: 12].", rich_help_panel=SPEED),
+        int | None, o.opt("--max-workers", "Model requests in flight [default: 12].", o.SPEED)
     ] = None,
-    batch_size: Annotated[
-        int | None,
-        typer.Option("--batch-size", help="Images per request [default: 10].", rich_help_panel=SPEED),
-    ] = None,
+    batch_size: o.BatchSize = None,
     category_timeout: Annotated[
-        float | None,
-        typer.Option(
-            "--category-timeout", help="Seconds per category [default: 600].", rich_help_panel=SPEED
-        ),
+        float | None, o.opt("--category-timeout", "Seconds per category [default: 600].", o.SPEED)
     ] = None,
     request_timeout: Annotated[
-        float | None,
-        typer.Option("--request-timeout", help="Seconds per request [default: 120].", rich_help_panel=SPEED),
+        float | None, o.opt("--request-timeout", "Seconds per request [default: 120].", o.SPEED)
     ] = None,
     max_retries: Annotated[
-        int | None,
-        typer.Option(
-            "--max-retries", help="Retries on 429/5xx/timeouts [default: 5].", rich_help_panel=SPEED
-        ),
+        int | None, o.opt("--max-retries", "Retries on 429/5xx/timeouts [default: 5].", o.SPEED)
     ] = None,
     rpm: Annotated[
-        int | None,
-        typer.Option(
-            "--rpm",
-            help="Requests per minute allowed [default: learnt from the server].",
-            rich_help_panel=SPEED,
-        ),
+        int | None, o.opt("--rpm", "Requests per minute allowed [default: learnt].", o.SPEED)
     ] = None,
     tpm: Annotated[
-        int | None,
-        typer.Option(
-            "--tpm",
-            help="Tokens per minute allowed [default: learnt from the server].",
-            rich_help_panel=SPEED,
-        ),
+        int | None, o.opt("--tpm", "Tokens per minute allowed [default: learnt].", o.SPEED)
     ] = None,
-    model: Annotated[
-        str | None, typer.Option("--model", help="Vision model [default: gpt-4o].", rich_help_panel=MODEL)
-    ] = None,
-    base_url: Annotated[
-        str | None,
-        typer.Option(
-            "--base-url", help="OpenAI-compatible endpoint [env: OPENAI_BASE_URL].", rich_help_panel=MODEL
-        ),
-    ] = None,
-    api_key: Annotated[
-        str | None,
-        typer.Option(
-            "--api-key", help="API key [env: OPENAI_API_KEY].", rich_help_panel=MODEL, show_default=False
-        ),
-    ] = None,
-    max_tokens: Annotated[
-        int | None,
-        typer.Option(
-            "--max-tokens", help="Completion token cap per request [default: 4096].", rich_help_panel=MODEL
-        ),
-    ] = None,
-    detail: Annotated[
-        str | None,
-        typer.Option(
-            "--detail", help="Image detail: auto, low or high [default: auto].", rich_help_panel=MODEL
-        ),
-    ] = None,
-    max_image_side: Annotated[
-        int | None,
-        typer.Option(
-            "--max-image-side",
-            help="Downscale images to at most this many pixels a side.",
-            rich_help_panel=MODEL,
-        ),
-    ] = None,
-    max_image_pixels: Annotated[
-        int | None,
-        typer.Option(
-            "--max-image-pixels",
-            help="Refuse images decoding to more pixels [default: 50,000,000].",
-            rich_help_panel=MODEL,
-        ),
-    ] = None,
-    prices: Annotated[
-        Path | None,
-        typer.Option(
-            "--prices", help="JSON price table overriding the built-in prices.", rich_help_panel=MODEL
-        ),
-    ] = None,
-    output_dir: Annotated[
-        str | None,
-        typer.Option(
-            "--output-dir",
-            help="Output folder or s3://bucket/prefix [default: output].",
-            rich_help_panel=OUTPUT,
-        ),
-    ] = None,
-    schema_set: Annotated[
-        Path | None,
-        typer.Option(
-            "--schema-set", help="Run with another verified schema set (a folder).", rich_help_panel=OUTPUT
-        ),
-    ] = None,
-    county_data_dir: Annotated[
-        Path | None,
-        typer.Option(
-            "--county-data-dir", help="County layout records [default: county-data].", rich_help_panel=OUTPUT
-        ),
-    ] = None,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Plan and estimate only: send nothing.", rich_help_panel=OUTPUT)
-    ] = False,
-    force: Annotated[
-        bool,
-        typer.Option(
-            "--force", help="Re-analyse batches an earlier run already answered.", rich_help_panel=OUTPUT
-        ),
-    ] = False,
+    model: o.Model = None,
+    base_url: o.BaseUrl = None,
+    api_key: o.ApiKey = None,
+    max_tokens: o.MaxTokens = None,
+    detail: o.Detail = None,
+    max_image_side: o.MaxImageSide = None,
+    max_image_pixels: o.MaxImagePixels = None,
+    prices: o.Prices = None,
+    output_dir: o.OutputDir = None,
+    schema_set: o.SchemaSetOpt = None,
+    county_data_dir: o.CountyDataDir = None,
+    dry_run: Annotated[bool, o.opt("--dry-run", "Plan and estimate only: send nothing.", o.OUTPUT)] = False,
+    force: o.Force = False,
     retry_failed: Annotated[
-        bool,
-        typer.Option(
-            "--retry-failed", help="Only rerun batches that failed last time.", rich_help_panel=OUTPUT
-        ),
+        bool, o.opt("--retry-failed", "Only rerun batches that failed last time.", o.OUTPUT)
     ] = False,
     max_cost: Annotated[
-        float | None,
-        typer.Option(
-            "--max-cost", help="Stop starting requests past this spend (USD).", rich_help_panel=OUTPUT
-        ),
+        float | None, o.opt("--max-cost", "Stop starting requests past this spend (USD).", o.OUTPUT)
     ] = None,
     grace_seconds: Annotated[
         float | None,
-        typer.Option(
-            "--grace-seconds",
-            help="Grace for in-flight requests on Ctrl-C [default: 30].",
-            rich_help_panel=OUTPUT,
-        ),
+        o.opt("--grace-seconds", "Grace for in-flight requests on Ctrl-C [default: 30].", o.OUTPUT),
     ] = None,
     log_file: Annotated[
-        Path | None,
-        typer.Option("--log-file", help="Log file [default: logs/ai-analyzer.log].", rich_help_panel=OUTPUT),
+        Path | None, o.opt("--log-file", "Log file [default: logs/ai-analyzer.log].", o.OUTPUT)
     ] = None,
-    json_output: Annotated[
-        bool,
-        typer.Option(
-            "--json", help="Print the run summary as one JSON object on stdout.", rich_help_panel=SHOW
-        ),
-    ] = False,
+    json_output: o.JsonOutput = False,
     events: Annotated[
-        Path | None,
-        typer.Option("--events", help="Write every event as JSON lines to this file.", rich_help_panel=SHOW),
+        Path | None, o.opt("--events", "Write every event as JSON lines to this file.", o.SHOW)
     ] = None,
     no_dashboard: Annotated[
-        bool,
-        typer.Option("--no-dashboard", help="Plain progress lines even on a terminal.", rich_help_panel=SHOW),
+        bool, o.opt("--no-dashboard", "Plain progress lines even on a terminal.", o.SHOW)
     ] = False,
-    quiet: Annotated[
-        bool,
-        typer.Option(
-            "--quiet", "-q", help="Only warnings, errors and the final summary.", rich_help_panel=SHOW
-        ),
-    ] = False,
-    debug: Annotated[
-        bool, typer.Option("--debug", help="Verbose logs, and tracebacks on errors.", rich_help_panel=SHOW)
-    ] = False,
+    quiet: Annotated[bool, o.opt("--quiet", "Only warnings, errors and the final summary.", o.SHOW)] = False,
+    debug: o.Debug = False,
 ) -> None:
     """Analyse property photos and write Elephant data groups (main usage: --all-properties)."""
-    flags = _given(
+    flags = given(
         all_properties=all_properties, property_ids=property_id, only_seeded=only_seeded, seed_csv=seed_csv,
-        local_folders=local_folders, images_dir=images_dir, bucket=bucket, prefix=prefix,
-        endpoint_url=endpoint_url, region=region, profile=profile, download_workers=download_workers,
+        shard=shard, shards=shards, local_folders=local_folders, images_dir=images_dir, bucket=bucket,
+        prefix=prefix, endpoint_url=endpoint_url, region=region, profile=profile,
+        download_workers=download_workers,
         parallel_categories=parallel_categories or (category_workers is not None and category_workers > 1),
         category_workers=category_workers, max_workers=max_workers, batch_size=batch_size,
         category_timeout=category_timeout, request_timeout=request_timeout, max_retries=max_retries, rpm=rpm,
@@ -301,7 +137,7 @@ def run(
         display = Display(json_output=json_output, events_file=events, no_dashboard=no_dashboard, quiet=quiet)
         return execute_run(settings, display)
 
-    raise typer.Exit(_guarded(work, debug=debug))
+    raise typer.Exit(guarded(work, debug=debug))
 
 
 @app.command()
@@ -324,7 +160,7 @@ def validate(
 
         return validate_command(output_dir, schema_set, csv_file)
 
-    raise typer.Exit(_guarded(work, debug=debug))
+    raise typer.Exit(guarded(work, debug=debug))
 
 
 @app.command()
@@ -343,33 +179,7 @@ def report(
 
         return report_command(output_dir, json_output=json_output, csv_file=csv_file)
 
-    raise typer.Exit(_guarded(work, debug=debug))
-
-
-def _guarded(work: Any, *, debug: bool) -> int:
-    """Run a command body: our errors become one line on stderr and their exit code, never a traceback."""
-    from image_analyzer.errors import ImageAnalyzerError
-
-    try:
-        return int(work())
-    except ImageAnalyzerError as exc:
-        if debug:
-            raise
-        _error_line(str(exc))
-        return exc.exit_code
-    except KeyboardInterrupt:
-        _error_line("interrupted")
-        return 130
-    except Exception as exc:
-        if debug:
-            raise
-        _error_line(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)")
-        return 1
-
-
-def _error_line(message: str) -> None:
-    first_line = message.strip().splitlines()[0] if message.strip() else "unknown error"
-    sys.stderr.write(f"error: {first_line}\n")
+    raise typer.Exit(guarded(work, debug=debug))
 
 
 def main() -> None:

@@ -126,11 +126,13 @@ class Manifest:
         self._handle: Any = None
 
     def load(self) -> None:
-        if not self.path.exists():
-            return
-        with self.path.open("rb") as handle:
-            for record in parse_manifest_lines(handle):
-                self._remember(record)
+        """Read every manifest in the state folder (one per shard), this run's own file last."""
+        others = sorted(p for p in self.path.parent.glob("manifest*.jsonl") if p != self.path)
+        for path in [*others, self.path]:
+            if path.exists():
+                with path.open("rb") as handle:
+                    for record in parse_manifest_lines(handle):
+                        self._remember(record)
 
     def _remember(self, record: ManifestRecord) -> None:
         if record.kind == "failure":

@@ -45,6 +45,7 @@ from image_analyzer.retry import RetryPolicy
 from image_analyzer.schemas import SchemaSet
 from image_analyzer.seed import SeedTable, default_provenance
 from image_analyzer.settings import Settings
+from image_analyzer.sharding import Shard, in_shard
 from image_analyzer.store import OutputStore
 
 
@@ -62,6 +63,7 @@ class RunDeps:
     manifest: Manifest
     controller: StopController = field(default_factory=StopController)
     county_rooms: Any = None
+    shard: Shard | None = None
 
 
 @dataclass(slots=True)
@@ -176,7 +178,7 @@ class Pipeline:
 
     async def _run_all_properties(self) -> None:
         async with asyncio.TaskGroup() as group:
-            async for property_id in self._selected_property_ids():
+            async for property_id in self.selected_property_ids():
                 if self.controller.stopping:
                     break
                 await self._property_slots.acquire()
@@ -192,18 +194,20 @@ class Pipeline:
         finally:
             self._property_slots.release()
 
-    async def _selected_property_ids(self) -> AsyncIterator[str]:
+    async def selected_property_ids(self) -> AsyncIterator[str]:
         seeded = self._seeded_ids()
         seen: set[str] = set()
         async for property_id in self._candidate_ids():
             if property_id in seen:
                 continue
             seen.add(property_id)
+            if not in_shard(property_id, self.deps.shard):
+                continue
             if seeded is not None and property_id not in seeded:
                 continue
             yield property_id
         if seeded is not None and self.settings.all_properties:
-            for missing in sorted(seeded - seen):
+            for missing in sorted(m for m in seeded - seen if in_shard(m, self.deps.shard)):
                 self.bus.emit(
                     Notice(level="warning", message=f"seed.csv lists {missing} but it has no folder")
                 )
@@ -230,7 +234,7 @@ class Pipeline:
     async def _run_property(self, property_id: str) -> None:
         listing = await self.deps.source.list_property(property_id)
         self._report_listing(listing)
-        jobs = [await self._plan_category(c) for c in listing.categories if c.images]
+        jobs = [await self.plan_category(c) for c in listing.categories if c.images]
         if not jobs:
             return
         self.totals.properties += 1
@@ -253,7 +257,7 @@ class Pipeline:
                 await self._run_category(job)
         await self._finish_property(property_id)
 
-    async def _plan_category(self, listing: CategoryListing) -> CategoryJob:
+    async def plan_category(self, listing: CategoryListing) -> CategoryJob:
         duplicate_of = await find_duplicates(self.deps.source, listing.images)
         if duplicate_of:
             self.totals.duplicate_images += len(duplicate_of)

@@ -10,16 +10,21 @@ import secrets
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from image_analyzer.control import EXIT_INTERRUPTED, EXIT_TERMINATED, StopController
 from image_analyzer.domain import ImageSource, VisionModel
 from image_analyzer.errors import ConfigError, OutputError
 from image_analyzer.events import EventBus, Notice, Reporter, RunFinished
 from image_analyzer.settings import Settings
-from image_analyzer.store import MANIFEST_NAME, RUNS_DIR, STATE_DIR, LocalStore, OutputStore
+from image_analyzer.store import RUNS_DIR, STATE_DIR, LocalStore, OutputStore
+
+if TYPE_CHECKING:
+    from image_analyzer.runstate import RunState
+    from image_analyzer.sharding import Shard
 
 log = logging.getLogger("image_analyzer")
 
@@ -150,37 +155,75 @@ def _seed(settings: Settings) -> Any:
     return load_seed(path) if path is not None else None
 
 
+ModelFactory = Callable[[Settings], "VisionModel | None"]
+
+
+@dataclass(slots=True)
+class RunContext:
+    """What one run is made of, before the pipeline starts. `batch collect` builds one too."""
+
+    settings: Settings
+    run_id: str
+    shard: Shard | None
+    state: RunState
+    bus: EventBus
+
+    @classmethod
+    def create(cls, settings: Settings, reporters: list[Reporter]) -> RunContext:
+        from image_analyzer.runstate import RunState
+        from image_analyzer.sharding import resolve_shard, run_id_from_env
+
+        state = RunState()
+        run_id = settings.run_id or run_id_from_env() or new_run_id()
+        shard = resolve_shard(settings.shard, settings.shards)
+        return cls(settings, run_id, shard, state, EventBus([state, *reporters]))
+
+    @property
+    def summary_name(self) -> str:
+        """Shards share a run id, so each writes its own summary file (`report` merges them)."""
+        if self.shard is None:
+            return self.run_id
+        return f"{self.run_id}-shard-{self.shard.index}-of-{self.shard.count}"
+
+    @property
+    def state_suffix(self) -> str:
+        return "" if self.shard is None else f"-shard-{self.shard.index}-of-{self.shard.count}"
+
+
 async def _run(settings: Settings, display: Display) -> int:
+    context = RunContext.create(settings, _reporters(settings, display))
+    summary = await run_pipeline(context, make_model, install_signals=True)
+    if display.json_output:
+        sys.stdout.write(json.dumps(summary, sort_keys=True) + "\n")
+    return int(summary["exit_code"])
+
+
+async def run_pipeline(
+    context: RunContext,
+    model_factory: ModelFactory,
+    *,
+    install_signals: bool = False,
+    summary_extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run the pipeline with everything it needs; write and return the run summary."""
     from image_analyzer.cost import PriceTable
+    from image_analyzer.county import CountyData
     from image_analyzer.lock import RunLock
     from image_analyzer.manifest import Manifest
     from image_analyzer.pipeline import Pipeline, RunDeps
-    from image_analyzer.runstate import RunState
     from image_analyzer.schemas import SchemaSet
 
-    run_id = new_run_id()
-    state = RunState()
-    bus = EventBus([state, *_reporters(settings, display)])
+    settings, bus = context.settings, context.bus
     schema_set = SchemaSet.load(settings.schema_set)
     prices = PriceTable.from_file(settings.prices_file) if settings.prices_file else PriceTable.builtin()
     seed = _seed(settings)
-    if prices.price_for(settings.model) is None:
-        if settings.max_cost is not None:
-            raise ConfigError(
-                f"--max-cost: no price known for model {settings.model}, so spend cannot be capped: "
-                "pass --prices FILE with its price"
-            )
-        bus.emit(
-            Notice(
-                level="warning", message=f"no price known for model {settings.model}: cost shown as unknown"
-            )
-        )
+    _check_prices(settings, prices, bus)
     source = make_source(settings)
     store, state_dir = make_store(settings)
-    lock = RunLock(state_dir / "lock")
+    lock = RunLock(state_dir / f"lock{context.state_suffix}")
     if not settings.dry_run:
         lock.acquire()
-    manifest = Manifest(state_dir / Path(MANIFEST_NAME).name)
+    manifest = Manifest(state_dir / f"manifest{context.state_suffix}.jsonl")
     model: VisionModel | None = None
     controller = StopController()
     started = time.time()
@@ -189,18 +232,23 @@ async def _run(settings: Settings, display: Display) -> int:
         if not settings.dry_run:
             await store.check()
         await source.check()
-        model = make_model(settings)
+        model = model_factory(settings)
+        county = CountyData(settings.county_data_dir, warn=_notice_to(bus))
         deps = RunDeps(
-            settings=settings, run_id=run_id, source=source, store=store, model=model, schema_set=schema_set,
-            prices=prices, seed=seed, bus=bus, manifest=manifest, controller=controller,
+            settings=settings, run_id=context.run_id, source=source, store=store, model=model,
+            schema_set=schema_set, prices=prices, seed=seed, bus=bus, manifest=manifest,
+            controller=controller, county_rooms=county, shard=context.shard,
         )  # fmt: skip
-        _install_signal_handlers(controller)
+        if install_signals:
+            _install_signal_handlers(controller)
         totals = await Pipeline(deps).run()
-        summary = _summary(state, totals, settings, run_id, started, controller, source.describe(), prices)
-        exit_code = summary["exit_code"]
-        if not settings.dry_run and not await _save_summary(store, run_id, summary, bus):
-            exit_code = summary["exit_code"] = exit_code or 1
-        bus.emit(RunFinished(run_id=run_id, summary=summary, exit_code=exit_code))
+        summary = _summary(
+            context.state, totals, settings, context.run_id, started, controller, source.describe(), prices
+        )
+        summary.update(shard=context.shard.label if context.shard else None, **(summary_extra or {}))
+        if not settings.dry_run and not await _save_summary(store, context.summary_name, summary, bus):
+            summary["exit_code"] = summary["exit_code"] or 1
+        bus.emit(RunFinished(run_id=context.run_id, summary=summary, exit_code=summary["exit_code"]))
     finally:
         bus.close()
         manifest.close()
@@ -209,15 +257,33 @@ async def _run(settings: Settings, display: Display) -> int:
         if model is not None:
             await model.aclose()
         await store.aclose()
-    if display.json_output:
-        sys.stdout.write(json.dumps(summary, sort_keys=True) + "\n")
-    return int(exit_code)
+    return summary
 
 
-async def _save_summary(store: OutputStore, run_id: str, summary: dict[str, Any], bus: EventBus) -> bool:
+def _check_prices(settings: Settings, prices: Any, bus: EventBus) -> None:
+    if prices.price_for(settings.model) is not None:
+        return
+    if settings.max_cost is not None:
+        raise ConfigError(
+            f"--max-cost: no price known for model {settings.model}, so spend cannot be capped: "
+            "pass --prices FILE with its price"
+        )
+    bus.emit(
+        Notice(level="warning", message=f"no price known for model {settings.model}: cost shown as unknown")
+    )
+
+
+def _notice_to(bus: EventBus) -> Callable[[str], None]:
+    def warn(message: str) -> None:
+        bus.emit(Notice(level="warning", message=message))
+
+    return warn
+
+
+async def _save_summary(store: OutputStore, name: str, summary: dict[str, Any], bus: EventBus) -> bool:
     """Write the run summary; when the disk refuses, say so and let the caller exit 1 (output stays valid)."""
     try:
-        await store.write_bytes(f"{RUNS_DIR}/{run_id}.json", _json_bytes(summary))
+        await store.write_bytes(f"{RUNS_DIR}/{name}.json", _json_bytes(summary))
     except OutputError as exc:
         bus.emit(Notice(level="error", message=f"run summary not saved: {exc}"))
         return False

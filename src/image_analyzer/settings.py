@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     property_ids: list[str] = Field(default_factory=list, description="Process only these properties.")
     only_seeded: bool = Field(False, description="Only properties that have a seed.csv row.")
     seed_csv: Path | None = Field(None, description="Seed file; default seed.csv when present.")
+    shard: str | None = Field(None, description="This machine's share of the properties: K/N, K from 0.")
+    shards: int | None = Field(
+        None, ge=1, description="N shards; K from JOB_COMPLETION_INDEX or AWS_BATCH_JOB_ARRAY_INDEX."
+    )
+    run_id: str | None = Field(None, description="Run id shared by a job's shards (IMAGE_ANALYZER_RUN_ID).")
 
     # --- concurrency and timeouts ------------------------------------------------------------------
     parallel_categories: bool = Field(False, description="Run categories concurrently.")
