@@ -28,17 +28,15 @@ from image_analyzer.batch_api import (
     RequestEntry,
     SubmitResult,
     Workspace,
-    load_seed,
     plan_and_launch,
     refresh,
     wait_until_done,
 )
 from image_analyzer.domain import ModelRequest, ModelResponse, Usage
 from image_analyzer.errors import AnswerError, ModelCallError
-from image_analyzer.events import EventBus, RequestCost, RunFinished
+from image_analyzer.events import RequestCost
 from image_analyzer.manifest import ManifestRecord
 from image_analyzer.settings import Settings, load_settings
-from image_analyzer.store import RUNS_DIR
 
 if TYPE_CHECKING:
     from image_analyzer.cost import PriceTable
@@ -209,9 +207,7 @@ class _JobCollector:
         self.manifest = manifest
         self.run_id = run_id
         self.schema_set = SchemaSet.load(settings.schema_set)
-        self.prices: PriceTable = (
-            PriceTable.from_file(settings.prices_file) if settings.prices_file else PriceTable.builtin()
-        )
+        self.prices: PriceTable = PriceTable.load(settings.prices_file)
         self.answered: set[str] = set()
         self.failed: dict[str, str] = {}
         self.costs: list[CollectedCost] = []
@@ -454,14 +450,13 @@ async def _rebuild_all(
         settings = settings_for(group[0], {**overrides, "property_ids": properties})
         group_run_id = run_id if number == 0 else f"{run_id}-{number + 1}"
         summary = await rebuild(
-            settings, workspace, costs, run_id=group_run_id, jobs=[j.name for j in group], options=options
+            settings, costs, run_id=group_run_id, jobs=[j.name for j in group], options=options
         )
         result.rebuilds.append(summary)
 
 
 async def rebuild(
     settings: Settings,
-    workspace: Workspace,
     costs: Sequence[CollectedCost],
     *,
     run_id: str,
@@ -471,51 +466,33 @@ async def rebuild(
     """Run the normal pipeline over `settings.property_ids`, every batch reused from the manifest.
 
     The run gets the usual summary under `_runs/` (mode `batch`), with the collected answers' usage at
-    batch prices, so `report` shows what the batch cost.
+    batch prices, so `report` shows what the batch cost. The caller already holds the output dir's lock.
     """
     import sys
 
-    from image_analyzer.control import StopController
-    from image_analyzer.pipeline import Pipeline, RunDeps
     from image_analyzer.reporters import PlainReporter
-    from image_analyzer.runner import make_model, make_source
-    from image_analyzer.runstate import RunState
-    from image_analyzer.schemas import SchemaSet
+    from image_analyzer.runner import RunContext, make_model, run_pipeline
 
-    settings = _rebuild_settings(settings)
-    state = RunState()
     stream = options.stream or sys.stderr
-    bus = EventBus([state, PlainReporter(stream, quiet=options.quiet)])
+    context = RunContext.create(
+        _rebuild_settings(settings), [PlainReporter(stream, quiet=options.quiet)], run_id=run_id
+    )
     for cost in costs:
         entry = cost.entry
-        bus.emit(
+        context.bus.emit(
             RequestCost(
                 property_id=entry.property_id, category=entry.category, batch_index=entry.batch_index,
                 prompt_tokens=cost.usage.prompt_tokens, completion_tokens=cost.usage.completion_tokens,
                 cached_tokens=cost.usage.cached_tokens, cost_usd=cost.cost_usd,
             )
         )  # fmt: skip
-    source = make_source(settings)
-    model = CollectedOnlyModel(make_model(settings))
-    manifest = workspace.manifest()
-    started = time.time()
-    try:
-        await source.check()
-        deps = RunDeps(
-            settings=settings, run_id=run_id, source=source, store=workspace.store, model=model,
-            schema_set=SchemaSet.load(settings.schema_set), prices=_prices(settings),
-            seed=load_seed(settings), bus=bus, manifest=manifest, controller=StopController(),
-        )  # fmt: skip
-        totals = await Pipeline(deps).run()
-        summary = _run_summary(state, totals, settings, run_id, started, source.describe(), jobs)
-        await workspace.store.write_bytes(f"{RUNS_DIR}/{run_id}.json", _json_bytes(summary))
-        bus.emit(RunFinished(run_id=run_id, summary=summary, exit_code=summary["exit_code"]))
-    finally:
-        bus.close()
-        manifest.close()
-        await source.aclose()
-        await model.aclose()
-    return summary
+
+    def collected_only(run_settings: Settings) -> CollectedOnlyModel:
+        return CollectedOnlyModel(make_model(run_settings))
+
+    return await run_pipeline(
+        context, collected_only, take_lock=False, summary_extra={"mode": "batch", "batch_jobs": list(jobs)}
+    )
 
 
 def _rebuild_settings(settings: Settings) -> Settings:
@@ -528,48 +505,6 @@ def _rebuild_settings(settings: Settings) -> Settings:
         if name in Settings.model_fields:
             update[name] = None
     return settings.model_copy(update=update)
-
-
-def _prices(settings: Settings) -> PriceTable:
-    from image_analyzer.cost import PriceTable
-
-    return PriceTable.from_file(settings.prices_file) if settings.prices_file else PriceTable.builtin()
-
-
-def _run_summary(
-    state: Any, totals: Any, settings: Settings, run_id: str, started: float, source: str, jobs: Sequence[str]
-) -> dict[str, Any]:
-    summary: dict[str, Any] = dict(state.summary())
-    finished = time.time()
-    summary.update(
-        run_id=run_id,
-        mode="batch",
-        batch_jobs=list(jobs),
-        started_at=_iso(started),
-        finished_at=_iso(finished),
-        duration_s=round(finished - started, 3),
-        source=source,
-        model=settings.model,
-        output_dir=settings.output_dir,
-        dry_run=False,
-        stopped_reason=None,
-        fatal_error=totals.fatal_error,
-        invalid_properties=totals.invalid_properties,
-        reused_batches=totals.reused_batches,
-    )
-    failed = (
-        summary.get("failed_categories") or summary.get("invalid_properties") or summary.get("fatal_error")
-    )
-    summary["exit_code"] = 1 if failed else 0
-    return summary
-
-
-def _iso(moment: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(moment))
-
-
-def _json_bytes(data: Any) -> bytes:
-    return (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
 
 
 # --- resubmit ---------------------------------------------------------------------------------------------

@@ -67,6 +67,11 @@ class PriceTable:
         return cls(BUILTIN_PRICES)
 
     @classmethod
+    def load(cls, path: Path | None) -> PriceTable:
+        """The table a run uses: `--prices FILE` over the built-in prices, or the built-in ones alone."""
+        return cls.from_file(path) if path is not None else cls.builtin()
+
+    @classmethod
     def from_file(cls, path: Path) -> PriceTable:
         """The built-in table with the file's entries laid over it (the file wins per model)."""
         overrides = _read_price_file(path)

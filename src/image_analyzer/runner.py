@@ -169,12 +169,14 @@ class RunContext:
     bus: EventBus
 
     @classmethod
-    def create(cls, settings: Settings, reporters: list[Reporter]) -> RunContext:
+    def create(
+        cls, settings: Settings, reporters: list[Reporter], *, run_id: str | None = None
+    ) -> RunContext:
         from image_analyzer.runstate import RunState
         from image_analyzer.sharding import resolve_shard, run_id_from_env
 
         state = RunState()
-        run_id = settings.run_id or run_id_from_env() or new_run_id()
+        run_id = run_id or settings.run_id or run_id_from_env() or new_run_id()
         shard = resolve_shard(settings.shard, settings.shards)
         return cls(settings, run_id, shard, state, EventBus([state, *reporters]))
 
@@ -203,6 +205,7 @@ async def run_pipeline(
     model_factory: ModelFactory,
     *,
     install_signals: bool = False,
+    take_lock: bool = True,
     summary_extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run the pipeline with everything it needs; write and return the run summary."""
@@ -215,13 +218,13 @@ async def run_pipeline(
 
     settings, bus = context.settings, context.bus
     schema_set = SchemaSet.load(settings.schema_set)
-    prices = PriceTable.from_file(settings.prices_file) if settings.prices_file else PriceTable.builtin()
+    prices = PriceTable.load(settings.prices_file)
     seed = _seed(settings)
     _check_prices(settings, prices, bus)
     source = make_source(settings)
     store, state_dir = make_store(settings)
     lock = RunLock(state_dir / f"lock{context.state_suffix}")
-    if not settings.dry_run:
+    if take_lock and not settings.dry_run:
         lock.acquire()
     manifest = Manifest(state_dir / f"manifest{context.state_suffix}.jsonl")
     model: VisionModel | None = None
