@@ -20,7 +20,8 @@ def test_prompt_names_the_category_and_lists_images_in_order(schema_set: SchemaS
     assert "Images in order: img_2, img_1, img_3. The images follow in the same order." in user
     assert "Known rooms" not in user
     assert "room_key" in system
-    assert "reuse that room_key" in system
+    assert "Different physical rooms get different keys" in system
+    assert "known rooms" not in system  # only said when there are some (in the user text)
     assert "Rooms on record" not in user
 
 

@@ -29,8 +29,8 @@ _SYSTEM_PROMPT = """\
 You analyse real-estate photos of one property and answer with JSON that matches the given schema.
 - rooms: assign every image to the physical room or space it shows. Give each room a short room_key \
 (lowercase, e.g. kitchen, bedroom_2) and a description of a few words that tells it apart from similar rooms.
-- If a photo shows a room from the known rooms list, reuse that room_key exactly. Different physical rooms \
-get different keys, even when they have the same type. One room may span several images.
+- Different physical rooms get different keys, even when they have the same type. One room may span \
+several images.
 - layout: describe each room from what the photos show; use null for anything not visible.
 - appliances: list each appliance seen, with the ids of the images that show it.
 - structure, lot, utility: fill only what is visible in these photos, null otherwise; the whole object \
