@@ -52,7 +52,8 @@ class PropertyWriter:
         if not records:
             self._finished(property_id, jobs, failed, None, None, ())
             return
-        files = build_property_files(records, images, provenance, self.deps.schema_set)
+        county = self.deps.county_rooms(property_id) if callable(self.deps.county_rooms) else None
+        files = build_property_files(records, images, provenance, self.deps.schema_set, county_rooms=county)
         problems = tuple(
             f"{p.file} {p.path}: {p.message}" for p in validate_property_files(files, self.deps.schema_set)
         )
