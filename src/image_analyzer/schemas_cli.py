@@ -14,6 +14,9 @@ from typing import Annotated, Any
 
 import typer
 
+from image_analyzer import cli_options as o
+from image_analyzer.cliutil import guarded
+
 schemas_app = typer.Typer(
     help="Show, verify and fetch Elephant schema sets (by IPFS CID).",
     no_args_is_help=True,
@@ -25,31 +28,11 @@ SCHEMA_SET_ENV = "IMAGE_ANALYZER_SCHEMA_SET"
 GATEWAY_ENV = "IMAGE_ANALYZER_IPFS_GATEWAY"
 
 
-Debug = Annotated[bool, typer.Option("--debug", help="Tracebacks on errors.")]
+Debug = o.Debug
 
 
 def _run(work: Callable[[], int], *, debug: bool) -> None:
-    """Our errors become `error: <one line>` on stderr and their exit code; a traceback only with --debug."""
-    from image_analyzer.errors import ImageAnalyzerError
-
-    try:
-        code = work()
-    except ImageAnalyzerError as exc:
-        if debug:
-            raise
-        _error_line(str(exc))
-        raise typer.Exit(exc.exit_code) from None
-    except Exception as exc:
-        if debug:
-            raise
-        _error_line(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)")
-        raise typer.Exit(1) from None
-    raise typer.Exit(code)
-
-
-def _error_line(message: str) -> None:
-    first = message.strip().splitlines()[0] if message.strip() else "unknown error"
-    sys.stderr.write(f"error: {first}\n")
+    raise typer.Exit(guarded(work, debug=debug))
 
 
 def _describe_root(root: Path) -> str:
