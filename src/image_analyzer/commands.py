@@ -21,13 +21,17 @@ def validate_command(output_dir: Path, schema_set_dir: Path | None, csv_file: Pa
     rows = [(pid, p.file, p.path, p.message) for pid, problems in sorted(results.items()) for p in problems]
     for pid, file, path, message in rows:
         sys.stdout.write(f"{pid}/{file}: {path}: {message}\n")
+    group = schema_set.data_group_cid
     valid = sum(1 for problems in results.values() if not problems)
     sys.stdout.write(f"{valid} of {len(results)} property folders valid, {len(rows)} error(s)\n")
     if csv_file is not None:
         with csv_file.open("w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["property_id", "file", "json_path", "message"])
-            writer.writerows(rows)
+            # The columns of the Elephant tools' error CSV, with the property folder and JSON path added.
+            writer.writerow(["property_id", "data_group_cid", "file_path", "json_path", "error"])
+            writer.writerows(
+                (pid, group, f"{pid}/{file}", path, message) for pid, file, path, message in rows
+            )
     return 1 if rows or not results else 0
 
 
