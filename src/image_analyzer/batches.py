@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from image_analyzer.asking import ESTIMATED_COMPLETION_TOKENS, Asker, BatchFailed, NotStarted, Where
 from image_analyzer.domain import ModelRequest, PreparedImage, Usage
@@ -28,9 +28,12 @@ from image_analyzer.prompts import PROMPT_VERSION, build_prompt
 from image_analyzer.schemas import SchemaSet, parse_answer, response_format
 from image_analyzer.settings import Settings
 
+if TYPE_CHECKING:
+    from image_analyzer.pipeline import RunDeps, RunTotals
+
 
 class BatchRunner:
-    def __init__(self, deps: Any, asker: Asker | None, totals: Any) -> None:
+    def __init__(self, deps: RunDeps, asker: Asker | None, totals: RunTotals) -> None:
         self.deps = deps
         self.settings = deps.settings
         self.bus = deps.bus
@@ -124,7 +127,7 @@ class BatchRunner:
     # --- request ---------------------------------------------------------------------------------------
 
     def _build_request(self, plan: BatchPlan, images: list[PreparedImage]) -> tuple[ModelRequest, str]:
-        county = self.deps.county_rooms(plan.property_id) if callable(self.deps.county_rooms) else None
+        county = self.deps.rooms_on_record(plan.property_id)
         return build_batch_request(self.settings, self.deps.schema_set, plan, images, county)
 
     def _reuse(self, planned: BatchOutcome) -> BatchOutcome | None:
@@ -305,7 +308,7 @@ def _with_duplicates(outcome: BatchOutcome) -> int:
     return len(sent) + riders
 
 
-def stop_run(deps: Any, totals: Any, message: str) -> None:
+def stop_run(deps: RunDeps, totals: RunTotals, message: str) -> None:
     """A fatal error: no new request starts, in-flight ones finish, the summary names it."""
     if totals.fatal_error is None:
         totals.fatal_error = message

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from image_analyzer.asking import Asker, BatchFailed, NotStarted, Where
 from image_analyzer.batches import stop_run
@@ -27,9 +27,12 @@ from image_analyzer.manifest import ManifestRecord
 from image_analyzer.merge import BatchRecord, OutputImage, build_property_files, image_file_name
 from image_analyzer.validate import validate_property_files
 
+if TYPE_CHECKING:
+    from image_analyzer.pipeline import RunDeps, RunTotals
+
 
 class PropertyWriter:
-    def __init__(self, deps: Any, asker: Asker | None, totals: Any, ledger: CostLedger) -> None:
+    def __init__(self, deps: RunDeps, asker: Asker | None, totals: RunTotals, ledger: CostLedger) -> None:
         self.deps = deps
         self.ledger = ledger
         self.settings = deps.settings
@@ -52,7 +55,7 @@ class PropertyWriter:
         if not records:
             self._finished(property_id, jobs, failed, None, None, ())
             return
-        county = self.deps.county_rooms(property_id) if callable(self.deps.county_rooms) else None
+        county = self.deps.rooms_on_record(property_id)
         files = build_property_files(records, images, provenance, self.deps.schema_set, county_rooms=county)
         problems = tuple(
             f"{p.file} {p.path}: {p.message}" for p in validate_property_files(files, self.deps.schema_set)

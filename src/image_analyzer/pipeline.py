@@ -17,9 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from image_analyzer.asking import Asker
 from image_analyzer.control import StopController
@@ -62,8 +61,12 @@ class RunDeps:
     bus: EventBus
     manifest: Manifest
     controller: StopController = field(default_factory=StopController)
-    county_rooms: Any = None
+    county_rooms: Callable[[str], Mapping[str, int] | None] | None = None
     shard: Shard | None = None
+
+    def rooms_on_record(self, property_id: str) -> Mapping[str, int] | None:
+        """The county's room counts for a property, when county data was given and has it."""
+        return self.county_rooms(property_id) if self.county_rooms is not None else None
 
 
 @dataclass(slots=True)
