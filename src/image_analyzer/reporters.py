@@ -135,8 +135,9 @@ def summary_lines(state: RunState, *, run_summary: dict[str, Any] | None = None)
     exit_text = f", exit code {state.exit_code}" if state.exit_code is not None else ""
     title = f"Run {state.run_id or '?'} finished in {format_duration(state.elapsed_s())}{exit_text}"
     lines = ["", title, rule, fmt(header), rule, *(fmt(r) for r in rows), rule, fmt(total), rule]
+    done = "planned" if state.dry_run else "analysed"
     lines.append(
-        f"Images found: {state.images_total:,} · analysed: {state.images_done:,} "
+        f"Images found: {state.images_total:,} · {done}: {state.images_done:,} "
         f"(reused from earlier runs: {state.images_reused:,}) · skipped files: {len(state.skipped_images):,}"
     )
     lines.append(
