@@ -21,7 +21,7 @@ from image_analyzer.schemas import SchemaSet
 from image_analyzer.validate import validate_property_files, validate_property_folder
 from tests.answer_factory import answer, blank_layout, blank_part, room
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "shared/schemas/elephant-photo-metadata/example-property"
+EXAMPLE = Path(__file__).resolve().parent / "data" / "example-property"
 PROVENANCE = Provenance(
     request_identifier="52434205310037080",
     source_http_request={"method": "GET", "url": "https://pbcpao.gov/Property/Details"},

@@ -17,7 +17,7 @@ from image_analyzer.validate import (
     validate_property_folder,
 )
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "shared/schemas/elephant-photo-metadata/example-property"
+EXAMPLE = Path(__file__).resolve().parent / "data" / "example-property"
 ROOT = "bafkreievgc2kirgxpphmigdrdy5r6putjax2mz6xyjcsvjhsz3zgckrr44.json"
 
 
@@ -31,7 +31,7 @@ def example(tmp_path: Path) -> Path:
     folder = tmp_path / "52434205310037080"
     shutil.copytree(EXAMPLE, folder)
     for path in folder.iterdir():
-        path.chmod(0o644)  # the shared copy is read-only
+        path.chmod(0o644)  # the copy may come from a read-only checkout
     return folder
 
 
