@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from image_analyzer.sharding import Shard
 
 log = logging.getLogger("image_analyzer")
+EVENTS_LOGGER = "image_analyzer.run"
+"""The logger the event stream goes to (the log file); the dashboard shows events itself."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +78,7 @@ class _QuietFileHandler(logging.FileHandler):
 def _reporters(settings: Settings, display: Display) -> list[Reporter]:
     from image_analyzer.reporters import JsonLinesReporter, LogReporter, PlainReporter
 
-    reporters: list[Reporter] = [LogReporter(log)]
+    reporters: list[Reporter] = [LogReporter(logging.getLogger(EVENTS_LOGGER))]
     if display.events_file is not None:
         events = JsonLinesReporter(display.events_file)
         events.open()
@@ -85,10 +87,19 @@ def _reporters(settings: Settings, display: Display) -> list[Reporter]:
     if not display.no_dashboard and stream.isatty():
         from image_analyzer.dashboard import Dashboard
 
-        reporters.append(Dashboard.for_stream(stream, settings=settings, quiet=display.quiet))
+        dashboard = Dashboard.for_stream(stream, settings=settings, quiet=display.quiet)
+        reporters.append(dashboard)
+        _log_above_dashboard(dashboard)
     else:
         reporters.append(PlainReporter(stream, quiet=display.quiet))
     return reporters
+
+
+def _log_above_dashboard(dashboard: Any) -> None:
+    """Warnings logged outside the event stream print above the live area; events have the footer."""
+    handler = dashboard.logging_handler(logging.WARNING)
+    handler.addFilter(lambda record: not record.name.startswith(EVENTS_LOGGER))
+    log.addHandler(handler)
 
 
 def make_source(settings: Settings) -> ImageSource:
