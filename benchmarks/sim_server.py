@@ -69,11 +69,15 @@ class SimStats:
     admitted_tokens: int = 0
     bytes_received: int = 0
     images: int = 0
+    text_only_completed: int = 0
+    text_only_prompt_tokens: int = 0
     in_flight: int = 0
     max_in_flight: int = 0
     max_accepted_in_a_window: int = 0
     first_arrival: float | None = None
     last_completion: float | None = None
+    first_arrival_unix: float | None = None
+    last_completion_unix: float | None = None
 
     def as_dict(self, config: SimConfig) -> dict[str, Any]:
         span = None
@@ -90,10 +94,16 @@ class SimStats:
             "admitted_tokens": self.admitted_tokens,
             "bytes_received": self.bytes_received,
             "images": self.images,
+            # requests without images (image-analyzer's room-grouping request), already in the totals above
+            "text_only_completed": self.text_only_completed,
+            "text_only_prompt_tokens": self.text_only_prompt_tokens,
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
             "max_accepted_in_a_window": self.max_accepted_in_a_window,
             "first_arrival_to_last_completion_s": span,
+            # wall-clock times, to place the requests inside a client process's lifetime
+            "first_arrival_unix": self.first_arrival_unix,
+            "last_completion_unix": self.last_completion_unix,
             "config": {
                 "rpm": config.rpm,
                 "tpm": config.tpm,
@@ -182,7 +192,8 @@ class SimServer:
         stats = self.stats
         stats.requests += 1
         stats.bytes_received += len(raw)
-        stats.first_arrival = stats.first_arrival if stats.first_arrival is not None else now
+        if stats.first_arrival is None:
+            stats.first_arrival, stats.first_arrival_unix = now, time.time()
         try:
             body = json.loads(raw)
         except ValueError:
@@ -197,7 +208,8 @@ class SimServer:
         stats.accepted += 1
         stats.admitted_tokens += admitted_tokens
         stats.max_accepted_in_a_window = max(stats.max_accepted_in_a_window, self.windows.used["requests"])
-        stats.images += _count_images(body)
+        images = _count_images(body)
+        stats.images += images
         stats.in_flight += 1
         stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
         try:
@@ -209,7 +221,10 @@ class SimServer:
         stats.completed += 1
         stats.prompt_tokens += prompt_tokens
         stats.completion_tokens += completion_tokens
-        stats.last_completion = time.monotonic()
+        if images == 0:
+            stats.text_only_completed += 1
+            stats.text_only_prompt_tokens += prompt_tokens
+        stats.last_completion, stats.last_completion_unix = time.monotonic(), time.time()
         return web.json_response(
             {
                 "id": f"chatcmpl-sim{stats.requests}",
