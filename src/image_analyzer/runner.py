@@ -231,6 +231,8 @@ async def run_pipeline(
     schema_set = SchemaSet.load(settings.schema_set)
     prices = PriceTable.load(settings.prices_file)
     seed = _seed(settings)
+    for warning in seed.warnings if seed is not None else ():
+        bus.emit(Notice(level="warning", message=warning))
     _check_prices(settings, prices, bus)
     source = make_source(settings)
     store, state_dir = make_store(settings)
