@@ -262,6 +262,17 @@ def test_an_output_dir_that_is_a_file_is_one_line_and_sends_nothing(
     assert (workdir / "out").read_text() == "not a folder"
 
 
+def test_an_unreadable_manifest_is_one_line_and_sends_nothing(
+    workdir: Path, fake_openai: FakeOpenAIServer
+) -> None:
+    make_tree(workdir / "images", {"p1": {"kitchen": 1}})
+    (workdir / "output" / "_state" / "manifest.jsonl").mkdir(parents=True)
+    result = invoke(run_args(fake_openai))
+    assert result.exit_code == 1
+    assert "resume manifest" in one_line_error(result)
+    assert fake_openai.requests == []
+
+
 def test_an_unwritable_property_folder_stops_the_run_and_keeps_what_was_done(
     workdir: Path, fake_openai: FakeOpenAIServer
 ) -> None:

@@ -130,9 +130,15 @@ class Manifest:
         others = sorted(p for p in self.path.parent.glob("manifest*.jsonl") if p != self.path)
         for path in [*others, self.path]:
             if path.exists():
-                with path.open("rb") as handle:
-                    for record in parse_manifest_lines(handle):
-                        self._remember(record)
+                self._load_file(path)
+
+    def _load_file(self, path: Path) -> None:
+        try:
+            with path.open("rb") as handle:
+                for record in parse_manifest_lines(handle):
+                    self._remember(record)
+        except OSError as exc:
+            raise OutputError(f"cannot read the resume manifest {path}: {exc.strerror or exc}") from exc
 
     def _remember(self, record: ManifestRecord) -> None:
         if record.kind == "failure":
