@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,10 @@ class FaultPlan:
 
     def install(self, server: FakeOpenAIServer) -> None:
         for name, action in {**TRANSPORT_FAULTS, **ANSWER_FAULTS}.items():
-            server.script_for(lambda record, name=name: self.fault_for(record) == name, [action] * 10_000)
+            server.script_for(self._picks(name), [action] * 10_000)
+
+    def _picks(self, name: str) -> Callable[[RequestRecord], bool]:
+        return lambda record: self.fault_for(record) == name
 
     def injected(self) -> Counter[str]:
         return Counter(kind for kind in self.decided.values() if kind is not None)

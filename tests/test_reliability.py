@@ -19,6 +19,7 @@ from PIL import Image
 
 from image_analyzer.lock import RunLock
 from tests.fakeopenai import (
+    Action,
     EmptyChoices,
     FakeOpenAIServer,
     Hang,
@@ -345,7 +346,7 @@ def test_disk_full_mid_run_is_one_line_exit_1_and_the_rerun_pays_nothing_twice(
 
 # --- unusable answers -------------------------------------------------------------------------------------
 
-ANSWER_FAULTS = {
+ANSWER_FAULTS: dict[str, tuple[Action, str]] = {
     "not json": (Malformed(), "not json"),
     "breaks the schema": (SchemaInvalid(), "schema"),
     "truncated": (Truncated(), "truncated"),
