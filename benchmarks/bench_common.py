@@ -147,7 +147,16 @@ _GNU_TIME = Path("/usr/bin/time")
 def measure_command(
     argv: Sequence[str], *, env: dict[str, str] | None = None, timeout: float = 900.0, cwd: Path | None = None
 ) -> Measured:
-    """Run `argv` to completion; wall time, its own CPU (user+sys) and peak RSS from `wait4`."""
+    """Run `argv` to completion; wall time, its own CPU (user+sys) and peak RSS from `wait4`.
+
+    Without `cwd` the command runs in an empty temporary folder, so files it writes relative to its
+    working directory (the default log file `logs/ai-analyzer.log`) and files it would read from there
+    (`.env`, `seed.csv`) stay out of the picture."""
+    with scratch_dir("cwd") as scratch:
+        return _measure(argv, env=env, timeout=timeout, cwd=cwd or scratch)
+
+
+def _measure(argv: Sequence[str], *, env: dict[str, str] | None, timeout: float, cwd: Path) -> Measured:
     with (
         tempfile.TemporaryFile() as out,
         tempfile.TemporaryFile() as err,

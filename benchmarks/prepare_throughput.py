@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import io
 import os
 import statistics
@@ -102,25 +103,33 @@ def main(argv: list[str] | None = None) -> None:
 
     rows = []
     cases: list[tuple[str, str, str, Callable[[], list[Any]]]] = []
+    default_threads = min(32, (os.cpu_count() or 1) + 4)
     for model, detail in (("gpt-4o", "auto"), ("gpt-4o", "low"), ("gpt-4.1-mini", "auto")):
-
-        def work(data: bytes, model: str = model, detail: str = detail) -> PreparedImage:
-            return prepare(data, model, detail)
-
+        work = functools.partial(prepare, model=model, detail=detail)
         label = f"{model} detail={detail}"
+        modes: list[tuple[str, int | None]] = [("to_thread x2", 2)]
         if (model, detail) == ("gpt-4o", "auto"):
-            cases.append((label, "serial", "prepare_image", lambda w=work: serial(w, inputs)))
-            cases.append((label, "to_thread x1", "prepare_image", lambda w=work: threaded(w, inputs, 1)))
-        cases.append((label, "to_thread x2", "prepare_image", lambda w=work: threaded(w, inputs, 2)))
-        if (model, detail) == ("gpt-4o", "auto"):
-            default = f"to_thread, default ({min(32, (os.cpu_count() or 1) + 4)})"
-            cases.append((label, default, "prepare_image", lambda w=work: threaded(w, inputs, None)))
+            modes = [
+                ("serial", 0),
+                ("to_thread x1", 1),
+                *modes,
+                (f"to_thread, default ({default_threads})", None),
+            ]
+        for mode, threads in modes:
+            runner: Callable[[], list[Any]] = (
+                functools.partial(serial, work, inputs)
+                if threads == 0
+                else functools.partial(threaded, work, inputs, threads)
+            )
+            cases.append((label, mode, "prepare_image", runner))
     cases.append(
         (
             "gpt-4o detail=auto",
             "to_thread x2",
             "full decode, no draft (reference)",
-            lambda: threaded(lambda d: full_decode(d, "gpt-4o", "auto"), inputs, 2),
+            functools.partial(
+                threaded, functools.partial(full_decode, model="gpt-4o", detail="auto"), inputs, 2
+            ),
         )
     )
 

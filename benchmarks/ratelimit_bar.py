@@ -42,24 +42,22 @@ WINDOW_S = 1.0
 WORKERS = 32
 
 
-def tool_argv(tree: Path, output: Path, sim: Sim, *, rpm: int | None, batch_size: int = 1) -> list[str]:
+def tool_argv(tree: Path, output: Path, sim: Sim, *, limits: list[str], batch_size: int = 1) -> list[str]:
     argv = [
         TOOL, "run", "--all-properties", "--images-dir", str(tree), "--output-dir", str(output),
         "--base-url", sim.base_url, "--batch-size", str(batch_size), "--max-workers", str(WORKERS),
         "--parallel-categories", "--category-workers", str(WORKERS), "--json", "--quiet", "--no-dashboard",
     ]  # fmt: skip
-    if rpm is not None:
-        argv += ["--rpm", str(rpm)]
-    return argv
+    return argv + limits
 
 
 def run_tool(
-    name: str, sim: Sim, tree: Path, work: Path, shape: TreeShape, rpm: int | None
+    name: str, sim: Sim, tree: Path, work: Path, shape: TreeShape, limits: list[str]
 ) -> dict[str, Any]:
     sim.reset()
     # a fresh output folder every run: an earlier run's manifest would answer every batch from cache
     output = Path(tempfile.mkdtemp(prefix="out-", dir=work))
-    measured = measure_command(tool_argv(tree, output, sim, rpm=rpm), env=tool_env())
+    measured = measure_command(tool_argv(tree, output, sim, limits=limits), env=tool_env())
     if measured.returncode not in (0, 1):
         raise RuntimeError(f"{name}: exit {measured.returncode}: {measured.stderr[-2000:]}")
     summary = measured.json_stdout()
@@ -108,17 +106,26 @@ def run_baseline(client: str, sim: Sim, shape: TreeShape) -> dict[str, Any]:
     )
 
 
-def latency_floor(requests: int, median: float, sigma: float, trials: int = 2000) -> float:
-    """The median finish time of a perfect client: starts exactly at the limit's rate (request i at
-    i * 60 / RPM s, never a 429), each answered after a latency drawn from the simulator's lognormal.
+def latency_floor(requests: int, spacing: float, median: float, sigma: float, trials: int = 2000) -> float:
+    """The median finish time of a perfect client: starts exactly at the limits' rate (request i at
+    i * spacing s, never a 429), each answered after a latency drawn from the simulator's lognormal.
     The slowest of the last answers, not the median latency, sets how late the run ends."""
     rng = random.Random(7)
-    spacing = 60.0 / RPM
     finishes = sorted(
         max(i * spacing + rng.lognormvariate(math.log(median), sigma) for i in range(requests))
         for _ in range(trials)
     )
     return finishes[trials // 2]
+
+
+def request_spacing(stats: dict[str, Any]) -> float:
+    """Seconds per request at the binding limit: RPM, or TPM at what the server admitted per request
+    (prompt + max_tokens, as OpenAI counts it)."""
+    config = stats["config"]
+    spacing = 60.0 / config["rpm"] if config["rpm"] else 0.0
+    if config["tpm"] and stats["accepted"]:
+        spacing = max(spacing, stats["admitted_tokens"] / stats["accepted"] * 60.0 / config["tpm"])
+    return spacing
 
 
 def row(
@@ -132,9 +139,10 @@ def row(
     rss_mib: float,
     command: str,
 ) -> dict[str, Any]:
-    ideal = images * 60.0 / RPM
-    span = stats["first_arrival_to_last_completion_s"]
     config = stats["config"]
+    spacing = request_spacing(stats)
+    ideal = images * spacing
+    span = stats["first_arrival_to_last_completion_s"]
     completed = stats["completed"]
     return {
         "client": name,
@@ -142,11 +150,12 @@ def row(
         "server_span_s": span,
         "ideal_s": ideal,
         "ideal_plus_latency_s": ideal + config["latency_median_s"],
-        "floor_s": latency_floor(images, config["latency_median_s"], config["latency_sigma"]),
+        "floor_s": latency_floor(images, spacing, config["latency_median_s"], config["latency_sigma"]),
         "over_ideal_pct": 100.0 * (wall_s / ideal - 1.0),
-        # answered requests per second against the 10 per second the limit allows
-        "share_of_ceiling": (completed * 60.0 / RPM) / wall_s,
-        "share_of_ceiling_span": (completed * 60.0 / RPM) / span if span else None,
+        # answered requests per second against the rate the limits allow
+        "share_of_ceiling": completed * spacing / wall_s,
+        "share_of_ceiling_span": completed * spacing / span if span else None,
+        "tokens_per_request": stats["admitted_tokens"] / max(stats["accepted"], 1),
         "answered": completed,
         "requests_sent": stats["requests"],
         "answered_429": stats["rejected_429"],
@@ -167,7 +176,8 @@ COLUMNS = [
     ("server_span_s", "server span s"),
     ("before_first_request_s", "start-up to 1st request s"),
     ("after_last_answer_s", "last answer to exit s"),
-    ("over_ideal_pct", "vs ideal 10 s, %"),
+    ("ideal_s", "ideal s"),
+    ("over_ideal_pct", "vs ideal, %"),
     ("ideal_plus_latency_s", "ideal + median latency s"),
     ("floor_s", "perfect pacer finishes at, s"),
     ("share_of_ceiling", "share of ceiling (wall)"),
@@ -180,6 +190,7 @@ COLUMNS = [
     ("cpu_ms_per_image", "CPU ms/img"),
     ("peak_rss_mib", "peak RSS MiB"),
     ("bytes_per_image", "bytes/img sent"),
+    ("tokens_per_request", "tokens/request admitted"),
 ]
 
 
@@ -205,26 +216,31 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--layout", default="10x10", help="PROPERTIESxCATEGORIES, one image each")
     parser.add_argument("--width", type=int, default=2048)
     parser.add_argument("--height", type=int, default=1536)
+    parser.add_argument("--rpm", type=int, default=RPM, help="the simulator's requests per minute")
+    parser.add_argument("--tpm", type=int, default=0, help="the simulator's tokens per minute (0: none)")
     parser.add_argument("--json-out", type=Path, help="also write every row as JSON here")
     args = parser.parse_args(argv)
 
     properties, categories = parse_layout(args.layout)
     shape = TreeShape(properties, categories, 1, args.width, args.height, distinct=50)
     print(f"<!-- {machine_line()} -->")
-    print(f"Tree: {shape.describe()}; simulator: {RPM} RPM in {WINDOW_S:g} s windows\n")
+    limits = ["--rpm", str(args.rpm)] + (["--tpm", str(args.tpm)] if args.tpm else [])
+    tpm_text = f", {args.tpm:,} TPM" if args.tpm else ""
+    print(f"Tree: {shape.describe()}; simulator: {args.rpm} RPM{tpm_text} in {WINDOW_S:g} s windows\n")
     everything: list[dict[str, Any]] = []
     with scratch_dir("ratelimit") as work:
         tree = write_tree(work / "images", shape)
         for latency in args.latencies:
-            sim_args = ["--rpm", str(RPM), "--window", str(WINDOW_S), "--latency-median", str(latency)]
+            sim_args = [*limits, "--window", str(WINDOW_S), "--latency-median", str(latency)]
             sim_args += ["--latency-sigma", str(args.latency_sigma)]
             rows = []
             with sim_server(*sim_args) as sim:
                 for client in args.clients:
                     if client == "tool-rpm":
-                        result = run_tool("image-analyzer --rpm 600", sim, tree, work, shape, RPM)
+                        name = "image-analyzer " + " ".join(limits)
+                        result = run_tool(name, sim, tree, work, shape, limits)
                     elif client == "tool-learnt":
-                        result = run_tool("image-analyzer (learnt)", sim, tree, work, shape, None)
+                        result = run_tool("image-analyzer (learnt)", sim, tree, work, shape, [])
                     else:
                         result = run_baseline(client, sim, shape)
                     result["latency_median_s"] = latency

@@ -21,6 +21,7 @@ from pathlib import Path
 from bench_common import HERE, machine_line
 
 TOOL_ONLY = ["--clients", "tool-rpm", "tool-learnt"]
+TOOL_AND_ASYNCIO = [*TOOL_ONLY, "asyncio", "limiter"]
 BENCHMARKS: dict[str, tuple[str, list[str], int]] = {
     # name: (title, script and arguments, time limit in seconds)
     "ratelimit": (
@@ -31,6 +32,11 @@ BENCHMARKS: dict[str, tuple[str, list[str], int]] = {
     "ratelimit-100x1": (
         "Rate-limit bar, other layout: 100 properties x 1 category",
         ["ratelimit_bar.py", "--latencies", "0.4", "--layout", "100x1", *TOOL_ONLY],
+        600,
+    ),
+    "ratelimit-tpm": (
+        "Rate-limit bar, tokens binding: 600 RPM and 3,000,000 TPM (1 s windows)",
+        ["ratelimit_bar.py", "--latencies", "0.4", "--tpm", "3000000", *TOOL_AND_ASYNCIO],
         600,
     ),
     "prepare": ("Image preparation throughput (12 MP JPEGs)", ["prepare_throughput.py"], 900),
