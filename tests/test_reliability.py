@@ -399,6 +399,9 @@ def test_an_answer_without_usage_is_counted_with_unknown_cost(
     assert summary["requests"] == 2
     assert summary["cost_known"] is False
     assert summary["cost_usd"] > 0, "the answer with usage is still priced"
+    unpriced = [c for c, row in summary["properties"]["p1"]["categories"].items() if not row["cost_known"]]
+    assert len(unpriced) == 1
+    assert f"Completed category {unpriced[0]} (Cost: unknown)" in result.stderr
 
 
 # --- API faults -------------------------------------------------------------------------------------------
