@@ -227,10 +227,6 @@ def test_a_broken_seed_is_one_line_exit_2_and_sends_nothing(
 # --- known gap --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="jobs.output_folder_name maps 'a b' and 'a_b' to the same folder: the second overwrites the first",
-)
 def test_two_property_ids_never_share_an_output_folder(workdir: Path, fake_openai: FakeOpenAIServer) -> None:
     make_tree(workdir / "images", {"a b": {"kitchen": 1}, "a_b": {"bedroom": 1}})
     assert invoke(run_args(fake_openai)).exit_code == 0

@@ -135,7 +135,7 @@ class AnswerRejected(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RequestCost(Event):
-    """One model response that returned usage (first answers, re-asks and failed answers alike)."""
+    """One model response (first answers, re-asks and failed answers alike); cost None when unknown."""
 
     property_id: str
     category: str

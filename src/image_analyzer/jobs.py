@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -14,10 +15,15 @@ _PLAIN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 def output_folder_name(property_id: str) -> str:
-    """A property id as a folder name: kept as is when already plain (leading zeros and case kept)."""
+    """A property id as a folder name: kept as is when already plain (leading zeros and case kept).
+
+    Any other id is sanitised and gets a short hash of the original, so two ids that sanitise alike
+    (`a b` and `a_b`) never share, and overwrite, one folder.
+    """
     if _PLAIN_ID.match(property_id) and ".." not in property_id:
         return property_id
-    return sanitize_component(property_id, fallback="property")
+    digest = hashlib.sha256(property_id.encode()).hexdigest()[:8]
+    return f"{sanitize_component(property_id, fallback='property')[:64]}-{digest}"
 
 
 def chunk(items: Sequence[ImageRef], size: int) -> list[tuple[ImageRef, ...]]:
