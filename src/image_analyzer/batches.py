@@ -198,7 +198,7 @@ class BatchRunner:
             planned.status, planned.reason = "not_started", self._stop_reason()
             return planned
         except BatchFailed as exc:
-            self._checkpoint(planned, "failure", {"reason": str(exc)})
+            await self._checkpoint(planned, "failure", {"reason": str(exc)})
             planned.status, planned.reason = "failed", str(exc)
             return planned
         except ModelCallError as exc:
@@ -206,15 +206,15 @@ class BatchRunner:
             self.stop_run(str(exc))
             planned.status, planned.reason = "failed", str(exc)
             return planned
-        self._checkpoint(planned, "batch", {"answer": answer, "usage": _usage_dict(usage)})
+        await self._checkpoint(planned, "batch", {"answer": answer, "usage": _usage_dict(usage)})
         await self._write_images(plan, planned.images)
         planned.status, planned.answer, planned.usage = "answered", answer, usage
         return planned
 
-    def _checkpoint(self, planned: BatchOutcome, kind: str, payload: dict[str, Any]) -> None:
+    async def _checkpoint(self, planned: BatchOutcome, kind: str, payload: dict[str, Any]) -> None:
         assert planned.key is not None
         plan = planned.plan
-        self.deps.manifest.append(
+        await self.deps.manifest.append_async(
             ManifestRecord(
                 key=planned.key,
                 kind=kind,

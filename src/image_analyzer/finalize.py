@@ -132,7 +132,7 @@ class PropertyWriter:
                 )
             )
             return identity_groups(entries)
-        self.deps.manifest.append(
+        await self.deps.manifest.append_async(
             ManifestRecord(
                 key=key,
                 kind="consolidation",

@@ -11,10 +11,12 @@ local state folder, because an object store cannot append.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,15 +117,29 @@ def parse_manifest_lines(lines: Iterable[bytes]) -> Iterator[ManifestRecord]:
             continue
 
 
+@dataclass(frozen=True, slots=True)
+class _Line:
+    """Where a record is on disk: the index keeps this, not the answer, so memory stays flat."""
+
+    path: Path
+    offset: int
+
+
 class Manifest:
-    """Loads what earlier runs answered and appends what this run answers."""
+    """Loads what earlier runs answered and appends what this run answers.
+
+    Only an index (key -> file and offset) is held in memory; a record is read back from disk when it
+    is needed, so a manifest of a million batches costs tens of megabytes, not gigabytes.
+    Appends are serialised by a lock, so they may run in worker threads (fsync never blocks the loop).
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._answers: dict[str, ManifestRecord] = {}
-        self._failures: dict[str, ManifestRecord] = {}
-        self._by_content: dict[str, ManifestRecord] = {}
+        self._answers: dict[str, _Line] = {}
+        self._failures: set[str] = set()
+        self._by_content: dict[str, _Line] = {}
         self._handle: Any = None
+        self._lock = threading.Lock()
 
     def load(self) -> None:
         """Read every manifest in the state folder (one per shard), this run's own file last."""
@@ -135,27 +151,41 @@ class Manifest:
     def _load_file(self, path: Path) -> None:
         try:
             with path.open("rb") as handle:
-                for record in parse_manifest_lines(handle):
-                    self._remember(record)
+                offset = 0
+                for raw in handle:
+                    for record in parse_manifest_lines([raw]):
+                        self._remember(record, _Line(path, offset))
+                    offset += len(raw)
         except OSError as exc:
             raise OutputError(f"cannot read the resume manifest {path}: {exc.strerror or exc}") from exc
 
-    def _remember(self, record: ManifestRecord) -> None:
+    def _remember(self, record: ManifestRecord, line: _Line) -> None:
         if record.kind == "failure":
-            self._failures[record.key] = record
+            self._failures.add(record.key)
         else:
-            self._answers[record.key] = record
-            self._failures.pop(record.key, None)
+            self._answers[record.key] = line
+            self._failures.discard(record.key)
         content = record.content
         if content is not None:
-            self._by_content[content] = record
+            self._by_content[content] = line
+
+    def _read(self, line: _Line | None) -> ManifestRecord | None:
+        if line is None:
+            return None
+        try:
+            with line.path.open("rb") as handle:
+                handle.seek(line.offset)
+                records = list(parse_manifest_lines([handle.readline()]))
+        except OSError as exc:
+            raise OutputError(f"cannot read the resume manifest {line.path}: {exc.strerror or exc}") from exc
+        return records[0] if records else None
 
     def answered(self, key: str) -> ManifestRecord | None:
-        return self._answers.get(key)
+        return self._read(self._answers.get(key))
 
     def answered_before(self, content: str) -> ManifestRecord | None:
         """The latest answer for these pictures under any model, prompt version or schema set."""
-        return self._by_content.get(content)
+        return self._read(self._by_content.get(content))
 
     def failed_last_time(self, key: str) -> bool:
         return key in self._failures
@@ -166,14 +196,20 @@ class Manifest:
 
     def append(self, record: ManifestRecord) -> None:
         """Write one record durably (write + fsync) before the run moves on."""
-        try:
-            handle = self._open()
-            handle.write(record.to_line())
-            handle.flush()
-            os.fsync(handle.fileno())
-        except OSError as exc:
-            raise OutputError(describe_os_error(exc, self.path)) from exc
-        self._remember(record)
+        with self._lock:
+            try:
+                handle = self._open()
+                offset = handle.tell()
+                handle.write(record.to_line())
+                handle.flush()
+                os.fsync(handle.fileno())
+            except OSError as exc:
+                raise OutputError(describe_os_error(exc, self.path)) from exc
+            self._remember(record, _Line(self.path, offset))
+
+    async def append_async(self, record: ManifestRecord) -> None:
+        """`append` in a worker thread: a slow disk's fsync does not hold up the event loop."""
+        await asyncio.to_thread(self.append, record)
 
     def _open(self) -> Any:
         if self._handle is None:
@@ -185,10 +221,11 @@ class Manifest:
         return self._handle
 
     def close(self) -> None:
-        if self._handle is not None:
-            with contextlib.suppress(OSError):
-                self._handle.close()
-            self._handle = None
+        with self._lock:
+            if self._handle is not None:
+                with contextlib.suppress(OSError):
+                    self._handle.close()
+                self._handle = None
 
 
 def _ends_with_newline(path: Path) -> bool:

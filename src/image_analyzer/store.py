@@ -12,6 +12,7 @@ Run metadata lives outside the property folders so Elephant validation sees no u
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import os
@@ -110,7 +111,8 @@ class LocalStore:
     async def write_bytes(self, relpath: str, data: bytes) -> None:
         target = self._path(relpath)
         try:
-            atomic_write(target, data)
+            # In a worker thread: fsync on a slow or network disk must not hold up the event loop.
+            await asyncio.to_thread(atomic_write, target, data)
         except OSError as exc:
             raise OutputError(describe_os_error(exc, target)) from exc
 
