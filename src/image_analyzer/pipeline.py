@@ -136,6 +136,13 @@ class Pipeline:
                 tpm_limit=self.settings.tpm,
             )
         )
+        if self.deps.seed is None:
+            self.bus.emit(
+                Notice(
+                    level="warning",
+                    message="no seed file (seed.csv or --seed-csv): properties get placeholder provenance",
+                )
+            )
         work = asyncio.create_task(self._run_all_properties())
         await self._supervise(work)
         await self._flush_unfinished()
@@ -240,6 +247,7 @@ class Pipeline:
         jobs = [await self.plan_category(c) for c in listing.categories if c.images]
         if not jobs:
             return
+        self._warn_without_seed_row(property_id)
         self.totals.properties += 1
         self._pending[property_id] = jobs
         for job in jobs:
@@ -291,6 +299,16 @@ class Pipeline:
                     categories=categories,
                     images=listing.image_count,
                     parallel=self.parallel,
+                )
+            )
+
+    def _warn_without_seed_row(self, property_id: str) -> None:
+        if self.deps.seed is not None and property_id not in self.deps.seed.rows:
+            placeholder = default_provenance(property_id).source_http_request.get("url")
+            self.bus.emit(
+                Notice(
+                    level="warning",
+                    message=f"no seed.csv row for {property_id}: placeholder provenance {placeholder}",
                 )
             )
 
