@@ -289,3 +289,19 @@ def test_identical_images_in_a_category_are_sent_once_and_each_gets_a_file(
     files = property_json_files(workdir / "output" / "p1")
     assert sum(1 for name in files if name.startswith("file_")) == 5
     assert invoke(["validate", "output"]).exit_code == 0
+
+
+def test_learnt_limits_and_429_pauses_reach_the_event_stream(workdir: Path) -> None:
+    make_tree(workdir / "images", {"p1": {"kitchen": 1, "bedroom": 1}})
+    with FakeOpenAIServer.running_in_thread(rpm=300, window=60) as server:
+        server.script([Status(429, headers={"retry-after": "0.01"})])
+        result = invoke(run_args(server, "--events", "events.jsonl"))
+    assert result.exit_code == 0, result.stderr
+    events = [json.loads(line) for line in (workdir / "events.jsonl").read_text().splitlines()]
+    names = [e["event"] for e in events]
+    assert "RateLimitPause" in names
+    known = [e for e in events if e["event"] == "RateLimitsKnown"]
+    assert known
+    assert known[-1]["rpm_limit"] == 300
+    assert names[0] == "RunStarted"
+    assert names[-1] == "RunFinished"

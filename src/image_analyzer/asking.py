@@ -15,7 +15,7 @@ from image_analyzer.control import StopController
 from image_analyzer.cost import CostLedger, PriceTable
 from image_analyzer.domain import ModelRequest, ModelResponse, Usage, VisionModel
 from image_analyzer.errors import AnswerError, ModelCallError
-from image_analyzer.events import AnswerRejected, EventBus, RequestCost, RequestRetry
+from image_analyzer.events import AnswerRejected, EventBus, RateLimitsKnown, RequestCost, RequestRetry
 from image_analyzer.ratelimit import RateLimiter, Reservation
 from image_analyzer.retry import RetryPolicy, send_with_retries
 
@@ -43,9 +43,18 @@ class Where:
 class LimitedModel:
     """A `VisionModel` that waits for the shared rate limiter before each send and feeds it back."""
 
-    def __init__(self, inner: VisionModel, limiter: RateLimiter) -> None:
+    def __init__(self, inner: VisionModel, limiter: RateLimiter, bus: EventBus | None = None) -> None:
         self._inner = inner
         self._limiter = limiter
+        self._bus = bus
+        self._limits_shown: tuple[int | None, int | None] = (None, None)
+
+    def _show_limits(self) -> None:
+        """Tell the reporters when the limits in force change (the dashboard shows rates against them)."""
+        limits = self._limiter.limits
+        if self._bus is not None and limits != self._limits_shown:
+            self._limits_shown = limits
+            self._bus.emit(RateLimitsKnown(rpm_limit=limits[0], tpm_limit=limits[1]))
 
     async def complete(self, request: ModelRequest, *, timeout: float) -> ModelResponse:
         reservation = await self._limiter.acquire(request.estimated_prompt_tokens + request.max_tokens)
@@ -58,6 +67,7 @@ class LimitedModel:
             self._limiter.release_unused(reservation)
             raise
         self._limiter.observe_headers(response.headers, reservation)
+        self._show_limits()
         # The service counts prompt + max_tokens against TPM when it admits a request, not the tokens used.
         admitted = response.usage.prompt_tokens + request.max_tokens if response.usage else None
         self._limiter.settle(reservation, admitted)
@@ -66,6 +76,7 @@ class LimitedModel:
     def _on_error(self, exc: ModelCallError, reservation: Reservation) -> None:
         if exc.status == 429 and not exc.fatal:
             self._limiter.observe_headers(exc.headers, reservation)
+            self._show_limits()
             self._limiter.settle(reservation, 0)
             self._limiter.pause_for(1.0 if exc.retry_after is None else exc.retry_after, "429 rate limited")
         else:

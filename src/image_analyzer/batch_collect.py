@@ -34,7 +34,7 @@ from image_analyzer.batch_api import (
 )
 from image_analyzer.domain import ModelRequest, ModelResponse, Usage
 from image_analyzer.errors import AnswerError, ModelCallError
-from image_analyzer.events import RequestCost
+from image_analyzer.events import EventBus, RequestCost
 from image_analyzer.manifest import ManifestRecord
 from image_analyzer.settings import Settings, load_settings
 
@@ -487,8 +487,8 @@ async def rebuild(
             )
         )  # fmt: skip
 
-    def collected_only(run_settings: Settings) -> CollectedOnlyModel:
-        return CollectedOnlyModel(make_model(run_settings))
+    def collected_only(run_settings: Settings, bus: EventBus) -> CollectedOnlyModel:
+        return CollectedOnlyModel(make_model(run_settings, bus))
 
     return await run_pipeline(
         context, collected_only, take_lock=False, summary_extra={"mode": "batch", "batch_jobs": list(jobs)}

@@ -200,6 +200,14 @@ class RateLimitPause(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RateLimitsKnown(Event):
+    """The requests/tokens per minute the run paces under: configured, or learnt from the server's headers."""
+
+    rpm_limit: int | None
+    tpm_limit: int | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Notice(Event):
     """A warning or information line worth showing to the operator."""
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from image_analyzer.control import EXIT_INTERRUPTED, EXIT_TERMINATED, StopController
 from image_analyzer.domain import ImageSource, VisionModel
 from image_analyzer.errors import ConfigError, OutputError
-from image_analyzer.events import EventBus, Notice, Reporter, RunFinished
+from image_analyzer.events import EventBus, Notice, RateLimitPause, Reporter, RunFinished
 from image_analyzer.settings import Settings
 from image_analyzer.store import RUNS_DIR, STATE_DIR, LocalStore, OutputStore
 
@@ -139,7 +139,8 @@ def make_store(settings: Settings) -> tuple[OutputStore, Path]:
     return LocalStore(root), root / STATE_DIR
 
 
-def make_model(settings: Settings) -> VisionModel | None:
+def make_model(settings: Settings, bus: EventBus) -> VisionModel | None:
+    """The shared client behind the shared rate limiter; None for a dry run (nothing is sent)."""
     if settings.dry_run:
         return None
     from image_analyzer.asking import LimitedModel
@@ -151,7 +152,13 @@ def make_model(settings: Settings) -> VisionModel | None:
     inner = OpenAIVisionModel(
         api_key=key, base_url=settings.base_url, max_connections=settings.max_workers + 4
     )
-    return LimitedModel(inner, RateLimiter(rpm=settings.rpm, tpm=settings.tpm))
+
+    def paused(resume_at: float, reason: str) -> None:
+        # The limiter's clock is monotonic; events carry wall-clock times.
+        bus.emit(RateLimitPause(resume_at=time.time() + resume_at - time.monotonic(), reason=reason))
+
+    limiter = RateLimiter(rpm=settings.rpm, tpm=settings.tpm, on_pause=paused)
+    return LimitedModel(inner, limiter, bus)
 
 
 def _seed(settings: Settings) -> Any:
@@ -166,7 +173,7 @@ def _seed(settings: Settings) -> Any:
     return load_seed(path) if path is not None else None
 
 
-ModelFactory = Callable[[Settings], "VisionModel | None"]
+ModelFactory = Callable[[Settings, EventBus], "VisionModel | None"]
 
 
 @dataclass(slots=True)
@@ -248,7 +255,7 @@ async def run_pipeline(
         if not settings.dry_run:
             await store.check()
         await source.check()
-        model = model_factory(settings)
+        model = model_factory(settings, bus)
         county = CountyData(settings.county_data_dir, warn=_notice_to(bus))
         deps = RunDeps(
             settings=settings, run_id=context.run_id, source=source, store=store, model=model,

@@ -529,6 +529,10 @@ class RunState:
         self.paused_until = event.resume_at
         self.pause_reason = event.reason
 
+    def _on_rate_limits_known(self, event: ev.RateLimitsKnown) -> None:
+        self.rpm_limit = event.rpm_limit or self.rpm_limit
+        self.tpm_limit = event.tpm_limit or self.tpm_limit
+
     def _on_run_finished(self, event: ev.RunFinished) -> None:
         self.finished_at = event.at
         self.exit_code = event.exit_code
@@ -811,5 +815,6 @@ _HANDLERS: dict[type[ev.Event], Any] = {
     ev.CategoryFailed: RunState._on_category_failed,
     ev.PropertyFinished: RunState._on_property_finished,
     ev.RateLimitPause: RunState._on_rate_limit_pause,
+    ev.RateLimitsKnown: RunState._on_rate_limits_known,
     ev.RunFinished: RunState._on_run_finished,
 }
