@@ -70,3 +70,18 @@ def test_missing_bucket_is_one_line_exit_2_and_no_request(
     assert "no-such-bucket" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert fake_openai.requests == []
+
+
+def test_identical_objects_are_found_by_etag_and_sent_once(
+    workdir: Path, moto_bucket: FixtureBucket, fake_openai: FakeOpenAIServer
+) -> None:
+    photo = jpeg_bytes(7)
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        moto_bucket.put(f"incoming/0012/kitchen/{name}", photo)
+    moto_bucket.put("incoming/0012/kitchen/d.jpg", jpeg_bytes(8))
+    result = invoke(_args(moto_bucket, fake_openai))
+    assert result.exit_code == 0, result.stderr
+    (request,) = fake_openai.requests
+    assert request.image_count == 2
+    assert result.summary()["duplicate_images"] == 2
+    assert len(list((workdir / "output" / "0012").glob("file_*.json"))) == 4

@@ -22,6 +22,8 @@ class ImageRef:
     name: str
     locator: str
     size: int | None = None
+    etag: str | None = None
+    """The object store's content tag (S3 ETag), when the listing gave one: equal tags, equal bytes."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,9 +1,9 @@
 """Identical photos within a category are sent once; the answer applies to every copy.
 
-Only images of the same byte size can be identical, so only those are read and hashed while planning
-(for S3 this is the one place an object may be read twice: a same-size candidate is read here and, if
-it turns out to be an original, again when its batch is prepared). The first copy in name order is the
-original, so the batches, and their resume keys, come out the same on every run.
+Only images of the same byte size can be identical. Where the listing gave content tags (S3 ETags),
+same size and same tag means same bytes, and nothing is read; otherwise (local folders) the same-size
+candidates are read and hashed while planning. So an S3 object is still read once per run. The first
+copy in name order is the original, so the batches, and their resume keys, come out the same every run.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ async def _same_content(source: ImageSource, candidates: Sequence[ImageRef]) -> 
     duplicate_of: dict[ImageRef, ImageRef] = {}
     for ref in candidates:
         try:
-            digest = hashlib.sha256(await source.read(ref)).hexdigest()
+            digest = ref.etag or hashlib.sha256(await source.read(ref)).hexdigest()
         except ImageAnalyzerError:
             continue
         original = first_with.setdefault(digest, ref)

@@ -137,8 +137,10 @@ class S3Source:
 
     # --- listing ------------------------------------------------------------------------------------
 
-    async def _pages(self, prefix: str) -> AsyncIterator[tuple[list[str], list[tuple[str, int | None]]]]:
-        """Each page under `prefix`: its sub-prefixes and its (key, size) pairs, one page in memory."""
+    async def _pages(
+        self, prefix: str
+    ) -> AsyncIterator[tuple[list[str], list[tuple[str, int | None, str | None]]]]:
+        """Each page under `prefix`: sub-prefixes and (key, size, etag) entries, one page in memory."""
         client = await self._open_client()
         pages = aiter(
             client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/")
@@ -154,13 +156,13 @@ class S3Source:
                 ) from exc
             yield (
                 [entry["Prefix"] for entry in page.get("CommonPrefixes", ())],
-                [(entry["Key"], entry.get("Size")) for entry in page.get("Contents", ())],
+                [(entry["Key"], entry.get("Size"), entry.get("ETag")) for entry in page.get("Contents", ())],
             )
 
     async def property_ids(self) -> AsyncIterator[str]:
         self._root_skipped = _SkipLog(limit=ROOT_SKIP_LIMIT)
         async for sub_prefixes, keys in self._pages(self.prefix):
-            for key, _size in keys:
+            for key, _size, _etag in keys:
                 if key != self.prefix and not _is_hidden(key[len(self.prefix) :]):
                     self._root_skipped.add(s3_url(self.bucket, key), "not inside a property folder")
             for sub_prefix in sub_prefixes:
@@ -184,7 +186,7 @@ class S3Source:
         found_anything = False
         async for sub_prefixes, keys in self._pages(base):
             found_anything = found_anything or bool(sub_prefixes or keys)
-            for key, _size in keys:
+            for key, _size, _etag in keys:
                 # `key == base` is the zero-byte "folder" marker some consoles create.
                 if key != base and not _is_hidden(key[len(base) :]):
                     skipped.append(
@@ -238,14 +240,14 @@ class S3Source:
 
         saw_entries = False
         async for nested_prefixes, keys in self._pages(folder):
-            for key, size in keys:
+            for key, size, etag in keys:
                 name = key[len(folder) :]
                 if key == folder or _is_hidden(name):
                     continue
                 saw_entries = True
                 suffix = PurePosixPath(name).suffix.lower()
                 if suffix in IMAGE_SUFFIXES:
-                    images.append(ImageRef(property_id, category, name, key, size))
+                    images.append(ImageRef(property_id, category, name, key, size, etag))
                 else:
                     skip(key, f"not an image extension ({suffix or 'none'})")
             for nested in nested_prefixes:
