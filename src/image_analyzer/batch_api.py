@@ -32,10 +32,8 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 from image_analyzer.domain import ModelRequest, PreparedImage
 from image_analyzer.errors import (
     ConfigError,
-    ImageAnalyzerError,
     ModelCallError,
     OutputError,
-    SourceError,
 )
 from image_analyzer.events import Event, EventBus, ImageSkipped, Notice
 from image_analyzer.jobs import BatchPlan
@@ -51,6 +49,8 @@ if TYPE_CHECKING:
     from image_analyzer.pipeline import Pipeline
     from image_analyzer.schemas import SchemaSet
     from image_analyzer.store import OutputStore
+
+from image_analyzer.seed import load_seed_for
 
 log = logging.getLogger("image_analyzer.batch")
 
@@ -539,40 +539,10 @@ class Planner:
         return PlannedRequest(custom_id, entry, encode_line(custom_id, request))
 
     async def _prepare_all(self, plan: BatchPlan) -> list[PreparedImage]:
-        results = await asyncio.gather(
-            *(
-                self._prepare_one(plan, ref, image_id)
-                for ref, image_id in zip(plan.refs, plan.image_ids, strict=True)
-            )
-        )
-        return [image for image in results if image is not None]
+        # The same reading and preparation as `run`, so the bytes and hashes match.
+        from image_analyzer.batches import prepare_batch_images
 
-    async def _prepare_one(self, plan: BatchPlan, ref: Any, image_id: str) -> PreparedImage | None:
-        # Same reading and preparation as `batches.BatchRunner`, so the bytes and hashes match `run`'s.
-        from image_analyzer.images import prepare_image
-
-        try:
-            data = await self.source.read(ref)
-            return await asyncio.to_thread(
-                prepare_image,
-                ref,
-                data,
-                image_id=image_id,
-                model=self.settings.model,
-                detail=self.settings.detail,
-                max_side=self.settings.max_image_side,
-                max_pixels=self.settings.max_image_pixels,
-            )
-        except SourceError as exc:
-            reason = f"unreadable: {exc}"
-        except ImageAnalyzerError as exc:
-            reason = getattr(exc, "reason", None) or str(exc)
-        self.bus.emit(
-            ImageSkipped(
-                location=ref.locator, reason=reason, property_id=plan.property_id, category=plan.category
-            )
-        )
-        return None
+        return await prepare_batch_images(self.source, self.settings, plan, self.bus)
 
 
 def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:
@@ -815,19 +785,6 @@ class Workspace:
         await self.store.aclose()
 
 
-def load_seed(settings: Settings) -> Any:
-    """The seed table, found as `run` finds it (`--seed-csv`, else `seed.csv` when present)."""
-    from image_analyzer.seed import load_seed as read_seed
-
-    path = settings.seed_csv
-    if path is None:
-        default = Path("seed.csv")
-        path = default if default.exists() else None
-    elif not path.exists():
-        raise ConfigError(f"--seed-csv: file not found: {path}")
-    return read_seed(path) if path is not None else None
-
-
 def plan_of(settings: Settings) -> dict[str, Any]:
     """The plan-deciding settings as JSON (paths as strings); never a secret."""
     plan: dict[str, Any] = {}
@@ -948,7 +905,7 @@ def _planning(
 
     deps = RunDeps(
         settings=settings, run_id="plan", source=source, store=workspace.store, model=None,
-        schema_set=schema_set, prices=PriceTable.builtin(), seed=load_seed(settings), bus=bus,
+        schema_set=schema_set, prices=PriceTable.builtin(), seed=load_seed_for(settings.seed_csv), bus=bus,
         manifest=manifest,
     )  # fmt: skip
     return PipelinePlanning(Pipeline(deps))

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from image_analyzer.asking import ESTIMATED_COMPLETION_TOKENS, Asker, BatchFailed, NotStarted, Where
-from image_analyzer.domain import ModelRequest, PreparedImage, Usage
+from image_analyzer.domain import ImageRef, ImageSource, ModelRequest, PreparedImage, Usage
 from image_analyzer.errors import ImageAnalyzerError, ModelCallError, OutputError, SourceError
 from image_analyzer.events import (
     BatchFailed as BatchFailedEvent,
@@ -18,6 +18,7 @@ from image_analyzer.events import (
     BatchPlanned,
     BatchReused,
     BatchStarted,
+    EventBus,
     ImageSkipped,
     Notice,
 )
@@ -88,34 +89,7 @@ class BatchRunner:
     # --- preparation ---------------------------------------------------------------------------------
 
     async def _prepare_all(self, plan: BatchPlan) -> list[PreparedImage]:
-        results = await asyncio.gather(
-            *(
-                self._prepare_one(plan, ref, image_id)
-                for ref, image_id in zip(plan.refs, plan.image_ids, strict=True)
-            )
-        )
-        return [image for image in results if image is not None]
-
-    async def _prepare_one(self, plan: BatchPlan, ref: Any, image_id: str) -> PreparedImage | None:
-        from image_analyzer.images import prepare_image
-
-        try:
-            data = await self.deps.source.read(ref)
-            return await asyncio.to_thread(
-                prepare_image,
-                ref,
-                data,
-                image_id=image_id,
-                model=self.settings.model,
-                detail=self.settings.detail,
-                max_side=self.settings.max_image_side,
-                max_pixels=self.settings.max_image_pixels,
-            )
-        except SourceError as exc:
-            self._skip(plan, ref.locator, f"unreadable: {exc}")
-        except ImageAnalyzerError as exc:
-            self._skip(plan, ref.locator, getattr(exc, "reason", None) or str(exc))
-        return None
+        return await prepare_batch_images(self.deps.source, self.settings, plan, self.bus)
 
     def _skip(self, plan: BatchPlan, location: str, reason: str) -> None:
         self.bus.emit(
@@ -369,3 +343,48 @@ def build_batch_request(
         estimated_prompt_tokens=estimate,
     )
     return request, key
+
+
+async def prepare_batch_images(
+    source: ImageSource, settings: Settings, plan: BatchPlan, bus: EventBus
+) -> list[PreparedImage]:
+    """Read and prepare a batch's images concurrently; each one that cannot be used is a named skip.
+
+    `run` and `batch submit` both prepare here, so the bytes sent and the resume hashes are the same.
+    """
+    results = await asyncio.gather(
+        *(
+            _prepare_one(source, settings, plan, bus, ref, image_id)
+            for ref, image_id in zip(plan.refs, plan.image_ids, strict=True)
+        )
+    )
+    return [image for image in results if image is not None]
+
+
+async def _prepare_one(
+    source: ImageSource, settings: Settings, plan: BatchPlan, bus: EventBus, ref: ImageRef, image_id: str
+) -> PreparedImage | None:
+    from image_analyzer.images import prepare_image
+
+    try:
+        data = await source.read(ref)
+        return await asyncio.to_thread(
+            prepare_image,
+            ref,
+            data,
+            image_id=image_id,
+            model=settings.model,
+            detail=settings.detail,
+            max_side=settings.max_image_side,
+            max_pixels=settings.max_image_pixels,
+        )
+    except SourceError as exc:
+        reason = f"unreadable: {exc}"
+    except ImageAnalyzerError as exc:
+        reason = getattr(exc, "reason", None) or str(exc)
+    bus.emit(
+        ImageSkipped(
+            location=ref.locator, reason=reason, property_id=plan.property_id, category=plan.category
+        )
+    )
+    return None

@@ -161,18 +161,6 @@ def make_model(settings: Settings, bus: EventBus) -> VisionModel | None:
     return LimitedModel(inner, limiter, bus)
 
 
-def _seed(settings: Settings) -> Any:
-    from image_analyzer.seed import load_seed
-
-    path = settings.seed_csv
-    if path is None:
-        default = Path("seed.csv")
-        path = default if default.exists() else None
-    elif not path.exists():
-        raise ConfigError(f"--seed-csv: file not found: {path}")
-    return load_seed(path) if path is not None else None
-
-
 ModelFactory = Callable[[Settings, EventBus], "VisionModel | None"]
 
 
@@ -233,11 +221,12 @@ async def run_pipeline(
     from image_analyzer.manifest import Manifest
     from image_analyzer.pipeline import Pipeline, RunDeps
     from image_analyzer.schemas import SchemaSet
+    from image_analyzer.seed import load_seed_for
 
     settings, bus = context.settings, context.bus
     schema_set = SchemaSet.load(settings.schema_set)
     prices = PriceTable.load(settings.prices_file)
-    seed = _seed(settings)
+    seed = load_seed_for(settings.seed_csv)
     for warning in seed.warnings if seed is not None else ():
         bus.emit(Notice(level="warning", message=warning))
     _check_prices(settings, prices, bus)

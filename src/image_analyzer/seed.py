@@ -314,3 +314,13 @@ def _try_json(raw: str) -> Any:
     except ValueError:
         return None
     return value if isinstance(value, dict | list) else None
+
+
+def load_seed_for(seed_csv: Path | None) -> SeedTable | None:
+    """The seed table a run uses: `--seed-csv PATH`, else `seed.csv` in the working dir when present."""
+    if seed_csv is None:
+        default = Path("seed.csv")
+        return load_seed(default) if default.exists() else None
+    if not seed_csv.exists():
+        raise ConfigError(f"--seed-csv: file not found: {seed_csv}")
+    return load_seed(seed_csv)
