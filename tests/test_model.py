@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from image_analyzer.domain import ImageRef, ModelRequest, PreparedImage
+from image_analyzer.domain import ImageRef, ModelRequest, ModelResponse, PreparedImage
 from image_analyzer.errors import ConfigError, ModelCallError
 from image_analyzer.model import (
+    DeferredModel,
     OpenAIVisionModel,
     build_messages,
     classify_error,
@@ -355,3 +356,30 @@ def test_importing_the_modules_does_not_import_openai() -> None:
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.anyio
+async def test_deferred_model_is_built_once_after_its_library_loaded() -> None:
+    built: list[int] = []
+    loaded: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    class Echo:
+        async def complete(self, request: ModelRequest, *, timeout: float) -> ModelResponse:
+            return ModelResponse(content=request.request_id, finish_reason="stop", refusal=None, usage=None)
+
+        async def aclose(self) -> None:
+            return None
+
+    def build() -> Echo:
+        built.append(1)
+        return Echo()
+
+    deferred = DeferredModel(build, loaded)
+    calls = [asyncio.create_task(deferred.complete(make_request(), timeout=5)) for _ in range(5)]
+    await asyncio.sleep(0)
+    assert built == []
+    loaded.set_result(None)
+    answers = await asyncio.gather(*calls)
+    assert built == [1]
+    assert {a.content for a in answers} == {make_request().request_id}
+    await deferred.aclose()

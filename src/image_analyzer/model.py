@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import email.utils
 import math
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from image_analyzer.domain import ModelRequest, ModelResponse, PreparedImage, Usage
+from image_analyzer.domain import ModelRequest, ModelResponse, PreparedImage, Usage, VisionModel
 from image_analyzer.errors import ConfigError, ModelCallError
 
 if TYPE_CHECKING:
@@ -73,6 +74,45 @@ def request_kwargs(request: ModelRequest) -> dict[str, Any]:
         kwargs["max_tokens"] = request.max_tokens
         kwargs["temperature"] = request.temperature
     return kwargs
+
+
+def preload_client_library() -> None:
+    """Import openai (about half a second) so a worker thread can do it while images are prepared."""
+    import httpx2  # noqa: F401
+    import openai  # noqa: F401
+
+
+class DeferredModel:
+    """A `VisionModel` built on first use, once its library has finished loading in the background.
+
+    The run starts listing and preparing images at once (Pillow releases the GIL) while openai is
+    imported in a worker thread; the client itself is then made on the event loop's own thread.
+    """
+
+    def __init__(self, build: Callable[[], VisionModel], loaded: Awaitable[None]) -> None:
+        self._build = build
+        self._loaded = loaded
+        self._inner: VisionModel | None = None
+
+    async def _model(self) -> VisionModel:
+        if self._inner is None:
+            await self._loaded
+            if self._inner is None:
+                self._inner = self._build()
+        return self._inner
+
+    async def complete(self, request: ModelRequest, *, timeout: float) -> ModelResponse:
+        return await (await self._model()).complete(request, timeout=timeout)
+
+    async def aclose(self) -> None:
+        if self._inner is not None:
+            await self._inner.aclose()
+        elif isinstance(self._loaded, asyncio.Future):
+            with contextlib.suppress(BaseException):
+                await self._loaded
+
+    def __repr__(self) -> str:
+        return f"DeferredModel({self._inner!r})"
 
 
 class OpenAIVisionModel:

@@ -144,21 +144,27 @@ def make_model(settings: Settings, bus: EventBus) -> VisionModel | None:
     if settings.dry_run:
         return None
     from image_analyzer.asking import LimitedModel
-    from image_analyzer.model import OpenAIVisionModel
+    from image_analyzer.model import DeferredModel, OpenAIVisionModel, preload_client_library
     from image_analyzer.ratelimit import RateLimiter
 
     key = settings.api_key_value()
     assert key is not None
-    inner = OpenAIVisionModel(
-        api_key=key, base_url=settings.base_url, max_connections=settings.max_workers + 4
-    )
 
     def paused(resume_at: float, reason: str) -> None:
         # The limiter's clock is monotonic; events carry wall-clock times.
         bus.emit(RateLimitPause(resume_at=time.time() + resume_at - time.monotonic(), reason=reason))
 
     limiter = RateLimiter(rpm=settings.rpm, tpm=settings.tpm, on_pause=paused)
-    return LimitedModel(inner, limiter, bus)
+
+    def build() -> VisionModel:
+        client = OpenAIVisionModel(
+            api_key=key, base_url=settings.base_url, max_connections=settings.max_workers + 4
+        )
+        return LimitedModel(client, limiter, bus)
+
+    # openai takes about half a second to import: load it in a thread while the first images are prepared.
+    loaded = asyncio.get_running_loop().run_in_executor(None, preload_client_library)
+    return DeferredModel(build, loaded)
 
 
 ModelFactory = Callable[[Settings, EventBus], "VisionModel | None"]
