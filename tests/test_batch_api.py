@@ -59,8 +59,26 @@ def _app() -> typer.Typer:
     return root
 
 
+SELECTION = ("--all-properties", "--property-id", "--only-seeded")
+
+
+def _with_selection(command: str, extra: tuple[str, ...]) -> tuple[str, ...]:
+    """`run` and `batch submit` need a property selection; these tests mean every property by default."""
+    if command in ("run", "submit") and not any(flag in extra for flag in SELECTION):
+        return ("--all-properties", *extra)
+    return extra
+
+
 def batch(server: FakeOpenAIServer, command: str, *extra: str) -> CliResult:
-    args = ["batch", command, "--base-url", server.base_url, "--api-key", KEY, *extra]
+    args = [
+        "batch",
+        command,
+        "--base-url",
+        server.base_url,
+        "--api-key",
+        KEY,
+        *_with_selection(command, extra),
+    ]
     # A wide console, so table cells are not folded across lines.
     result = CliRunner().invoke(_app(), args, env={"COLUMNS": "200"}, catch_exceptions=False)
     return CliResult(result.exit_code, result.stdout, result.stderr)
@@ -73,7 +91,7 @@ def batch_json(server: FakeOpenAIServer, command: str, *extra: str) -> tuple[int
 
 
 def run_args(server: FakeOpenAIServer, *extra: str) -> list[str]:
-    return ["run", "--base-url", server.base_url, "--api-key", KEY, "--json", *extra]
+    return ["run", "--base-url", server.base_url, "--api-key", KEY, "--json", *_with_selection("run", extra)]
 
 
 def canonical(body: dict[str, Any]) -> str:

@@ -305,3 +305,11 @@ def test_learnt_limits_and_429_pauses_reach_the_event_stream(workdir: Path) -> N
     assert known[-1]["rpm_limit"] == 300
     assert names[0] == "RunStarted"
     assert names[-1] == "RunFinished"
+
+
+def test_a_run_must_name_its_properties(workdir: Path, fake_openai: FakeOpenAIServer) -> None:
+    make_tree(workdir / "images", {"p1": {"kitchen": 1}})
+    result = invoke(["run", "--base-url", fake_openai.base_url, "--api-key", KEY])
+    assert result.exit_code == 2
+    assert "--all-properties" in result.stderr
+    assert fake_openai.requests == []

@@ -37,7 +37,7 @@ from image_analyzer.errors import (
 )
 from image_analyzer.events import Event, EventBus, ImageSkipped, Notice
 from image_analyzer.jobs import BatchPlan
-from image_analyzer.settings import Settings
+from image_analyzer.settings import Settings, require_selection
 from image_analyzer.store import MANIFEST_NAME, atomic_write, describe_os_error
 
 if TYPE_CHECKING:
@@ -808,6 +808,7 @@ async def submit(
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> SubmitResult:
     """`batch submit`: resume unfinished parts, then plan, write, upload and create new batches."""
+    require_selection(settings)
     workspace = Workspace.open(settings)
     try:
         async with workspace.locked(), BatchClient.from_settings(settings, sleep) as client:

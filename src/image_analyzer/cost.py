@@ -32,7 +32,7 @@ class Price:
 
 
 # Standard-tier list prices from OpenAI's pricing and model pages. Prices change: override with
-# `--prices-file` rather than editing this table in place, and bump `checked` when you verify them.
+# `--prices FILE` rather than editing this table in place, and bump `checked` when you verify them.
 _CHECKED = "2026-11-30"
 BUILTIN_PRICES: Mapping[str, Price] = {
     "gpt-4o": Price(2.50, 1.25, 10.00, _CHECKED),
@@ -103,7 +103,7 @@ def _read_price_file(path: Path) -> dict[str, Price]:
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
-        raise ConfigError(f"price file {path} does not exist: check --prices-file") from exc
+        raise ConfigError(f"price file {path} does not exist: check --prices") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"price file {path} cannot be read: {exc.__class__.__name__}") from exc
     except json.JSONDecodeError as exc:

@@ -19,7 +19,7 @@ from image_analyzer.control import EXIT_INTERRUPTED, EXIT_TERMINATED, StopContro
 from image_analyzer.domain import ImageSource, VisionModel
 from image_analyzer.errors import ConfigError, OutputError
 from image_analyzer.events import EventBus, Notice, RateLimitPause, Reporter, RunFinished
-from image_analyzer.settings import Settings
+from image_analyzer.settings import Settings, require_selection
 from image_analyzer.store import RUNS_DIR, STATE_DIR, LocalStore, OutputStore
 
 if TYPE_CHECKING:
@@ -44,6 +44,7 @@ def new_run_id() -> str:
 
 
 def execute_run(settings: Settings, display: Display) -> int:
+    require_selection(settings)
     if not settings.dry_run and not settings.api_key_value():
         raise ConfigError("no API key: set OPENAI_API_KEY or pass --api-key (or use --dry-run)")
     setup_logging(settings)

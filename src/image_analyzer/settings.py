@@ -113,6 +113,16 @@ def flag_name(field: str) -> str:
     return _FLAG_NAMES.get(field, "--" + field.replace("_", "-"))
 
 
+def require_selection(settings: Settings) -> None:
+    """A run names its properties: sending every photo in a bucket by accident costs real money."""
+    from image_analyzer.errors import ConfigError
+
+    if not (settings.all_properties or settings.property_ids or settings.only_seeded):
+        raise ConfigError(
+            "choose the properties: --all-properties, --property-id ID (repeatable) or --only-seeded"
+        )
+
+
 def load_settings(flags: dict[str, object]) -> Settings:
     """Build settings from the given flags; a bad value becomes a one-line error naming its flag."""
     from pydantic import ValidationError
