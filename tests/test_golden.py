@@ -1,8 +1,8 @@
 """Golden output: a fixed fake-model script for one property gives byte-identical, valid output.
 
-The fake model answers every batch from the request itself (category, image ids, response schema), so the
-same photos always give the same answers; the room-consolidation request is answered by grouping rooms
-with the same space type and description. The property folder's JSON files are compared byte for byte
+The fake model answers every batch from the request itself (category, the photo named in each image's
+label, response schema), so the same photos always give the same answers; the room-consolidation request
+is answered by grouping rooms with the same space type and description. The property folder's JSON files are compared byte for byte
 with `tests/golden/pinned/`. To accept an intended change of the output, rerun with `UPDATE_GOLDEN=1`
 and review the diff.
 """
@@ -97,9 +97,11 @@ def batch_answer(body: Mapping[str, Any]) -> dict[str, Any]:
         if part.get("type") == "text"
     )
     match = re.search(r"from the '([^']+)' folder", text)
-    ids_match = re.search(r"Images in order: ([^.]+)\.", text)
-    assert match and ids_match, text
-    category, ids = match.group(1), ids_match.group(1).split(", ")
+    labels = re.findall(r"image_id: (img_\d+) \(photo ([^)]+)\)", text)
+    assert match and labels, text
+    # The schema's ids are positional (img_1..); each image's label names the photo it is.
+    category, shown = match.group(1), dict((photo, request_id) for request_id, photo in labels)
+    ids = list(shown)
     schema = body["response_format"]["json_schema"]["schema"]["properties"]
     room_schema = schema["rooms"]["items"]["properties"]["layout"]
     rooms: dict[str, dict[str, Any]] = {}
@@ -114,14 +116,14 @@ def batch_answer(body: Mapping[str, Any]) -> dict[str, Any]:
                 "layout": _layout(room_schema, space_type),
             },
         )
-        room["image_ids"].append(image_id)
+        room["image_ids"].append(shown[image_id])
     appliance_schema = schema["appliances"]["items"]
     appliances = [
         {
             **generate_answer(appliance_schema, prefer_null=True),
             "appliance_type": kind,
             "finish": "Stainless Steel",
-            "image_ids": [image_id],
+            "image_ids": [shown[image_id]],
         }
         for image_id, kind in APPLIANCES.get(category, [])
         if image_id in ids

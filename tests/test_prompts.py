@@ -43,7 +43,7 @@ def test_prompt_is_deterministic_and_compact(schema_set: SchemaSet) -> None:
     system, user = first
     assert len(system) < 2000
     assert len(user) < 600
-    assert PROMPT_VERSION == "2"
+    assert PROMPT_VERSION == "3"
 
 
 def test_system_prompt_names_the_non_nullable_booleans_from_the_schema(schema_set: SchemaSet) -> None:

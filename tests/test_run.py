@@ -313,3 +313,17 @@ def test_a_run_must_name_its_properties(workdir: Path, fake_openai: FakeOpenAISe
     assert result.exit_code == 2
     assert "--all-properties" in result.stderr
     assert fake_openai.requests == []
+
+
+def test_full_batches_send_the_same_schema_so_the_service_can_cache_it(
+    workdir: Path, fake_openai: FakeOpenAIServer
+) -> None:
+    make_tree(workdir / "images", {"p1": {"kitchen": 23, "bedroom": 10}})
+    assert invoke(run_args(fake_openai)).exit_code == 0
+    full = [r for r in fake_openai.requests if r.image_count == 10]
+    assert len(full) == 3
+    assert all(r.response_schema == full[0].response_schema for r in full)
+    assert full[0].image_ids == [f"img_{n}" for n in range(1, 11)]
+    assert "(photo img_00)" in full[0].text
+    files = property_json_files(workdir / "output" / "p1")
+    assert "file_kitchen_img_22.json" in files

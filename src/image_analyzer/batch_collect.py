@@ -362,9 +362,9 @@ def _usage(data: Any) -> Usage | None:
 def _accept(schema_set: SchemaSet, response: ModelResponse, image_ids: Sequence[str]) -> dict[str, Any]:
     """The answer checked exactly as `run` checks it (refused, truncated, empty, schema)."""
     from image_analyzer.asking import check_response
-    from image_analyzer.schemas import parse_answer
+    from image_analyzer.batches import parse_batch_answer
 
-    return parse_answer(schema_set, check_response(response), image_ids)
+    return parse_batch_answer(schema_set, check_response(response), image_ids)
 
 
 def _open_failures(jobs: Sequence[BatchJob], manifest: Manifest) -> list[dict[str, Any]]:

@@ -162,7 +162,7 @@ class BatchRunner:
         )
 
         def parse(content: str | None) -> dict[str, Any]:
-            return parse_answer(self.deps.schema_set, content, ids)
+            return parse_batch_answer(self.deps.schema_set, content, ids)
 
         where = Where(plan.property_id, plan.category, plan.index)
         try:
@@ -316,11 +316,12 @@ def build_batch_request(
     from image_analyzer.images import estimate_image_tokens
     from image_analyzer.model import build_messages
 
-    ids = [image.image_id for image in images]
-    system, user = build_prompt(schema_set, plan.category, ids, [], county_rooms)
-    fmt = response_format(schema_set, plan.category, ids)
+    shown = request_image_ids(len(images))
+    labels = [f"image_id: {n} (photo {image.image_id})" for n, image in zip(shown, images, strict=True)]
+    system, user = build_prompt(schema_set, plan.category, shown, [], county_rooms)
+    fmt = response_format(schema_set, plan.category, shown)
     estimate = prompt_tokens(
-        texts=(system, user, *(f"image_id: {i}" for i in ids)),
+        texts=(system, user, *labels),
         response_format=fmt,
         image_tokens=(
             estimate_image_tokens(settings.model, i.width, i.height, settings.detail) for i in images
@@ -337,12 +338,34 @@ def build_batch_request(
     request = ModelRequest(
         request_id=f"{plan.property_id}/{plan.category}/{plan.index + 1}",
         model=settings.model,
-        messages=build_messages(system, user, images, settings.detail),
+        messages=build_messages(system, user, images, settings.detail, labels),
         response_format=fmt,
         max_tokens=settings.max_tokens,
         estimated_prompt_tokens=estimate,
     )
     return request, key
+
+
+def request_image_ids(count: int) -> list[str]:
+    """The ids the model sees: `img_1`..`img_n` by position in the batch.
+
+    The response schema lists them as an enum, so with positional ids it depends only on the batch size:
+    every full batch sends the very same schema, which the service can then cache as a prompt prefix
+    (the schema is thousands of tokens). The photo's own id rides in the label before each image.
+    """
+    return [f"img_{n + 1}" for n in range(count)]
+
+
+def parse_batch_answer(
+    schema_set: SchemaSet, content: str | None, image_ids: Sequence[str]
+) -> dict[str, Any]:
+    """Check an answer against the request's schema, then give its images their own ids back."""
+    shown = request_image_ids(len(image_ids))
+    answer = parse_answer(schema_set, content, shown)
+    real = dict(zip(shown, image_ids, strict=True))
+    for item in [*(answer.get("rooms") or []), *(answer.get("appliances") or [])]:
+        item["image_ids"] = [real[i] for i in item.get("image_ids") or []]
+    return answer
 
 
 async def prepare_batch_images(

@@ -36,17 +36,22 @@ _REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
 
 
 def build_messages(
-    system: str, user_text: str, images: Sequence[PreparedImage], detail: str
+    system: str,
+    user_text: str,
+    images: Sequence[PreparedImage],
+    detail: str,
+    labels: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """A system message, then one user message: the text, then each image labelled with its id.
+    """A system message, then one user message: the text, then each image after its label.
 
-    The label right before each image ties the picture to its id, which is more reliable than asking the
-    model to count positions in a list.
+    The label right before each image (its id, or the given label) ties the picture to its id, which is
+    more reliable than asking the model to count positions in a list.
     """
     parts: list[dict[str, Any]] = [{"type": "text", "text": user_text}]
-    for image in images:
+    for n, image in enumerate(images):
         encoded = base64.b64encode(image.data).decode("ascii")
-        parts.append({"type": "text", "text": f"image_id: {image.image_id}"})
+        label = labels[n] if labels is not None else f"image_id: {image.image_id}"
+        parts.append({"type": "text", "text": label})
         parts.append(
             {
                 "type": "image_url",

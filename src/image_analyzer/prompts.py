@@ -20,7 +20,7 @@ from image_analyzer.county import kind_totals
 from image_analyzer.naming import sanitize_component
 from image_analyzer.schemas import PROPERTY_CLASSES, ROOM_CLASS, SchemaSet, non_nullable_booleans
 
-PROMPT_VERSION = "2"
+PROMPT_VERSION = "3"
 """2: county rooms stated with their totals; response schema without descriptions that restate names."""
 
 _DESCRIPTION_LIMIT = 120
