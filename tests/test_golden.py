@@ -2,9 +2,9 @@
 
 The fake model answers every batch from the request itself (category, the photo named in each image's
 label, response schema), so the same photos always give the same answers; the room-consolidation request
-is answered by grouping rooms with the same space type and description. The property folder's JSON files are compared byte for byte
-with `tests/golden/pinned/`. To accept an intended change of the output, rerun with `UPDATE_GOLDEN=1`
-and review the diff.
+is answered by grouping rooms with the same space type and description. The property folder's JSON files
+are compared byte for byte with `tests/golden/pinned/`. To accept an intended change of the output, rerun
+with `UPDATE_GOLDEN=1` and review the diff.
 """
 
 from __future__ import annotations
