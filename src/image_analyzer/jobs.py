@@ -50,10 +50,6 @@ class BatchPlan:
     duplicates: Mapping[str, tuple[Duplicate, ...]] = field(default_factory=dict)
     """Identical images riding on an original of this batch, keyed by the original's image id."""
 
-    @property
-    def duplicate_count(self) -> int:
-        return sum(len(d) for d in self.duplicates.values())
-
 
 @dataclass(slots=True)
 class BatchOutcome:
@@ -78,7 +74,6 @@ class CategoryJob:
     plans: list[BatchPlan]
     outcomes: dict[int, BatchOutcome] = field(default_factory=dict)
     failure: str | None = None
-    groups_applied: dict[int, dict[str, Any]] | None = None
 
     @classmethod
     def plan(

@@ -2,8 +2,8 @@
 
 The user text names the folder and the image ids in order, and, when county data is given, the rooms on
 record (`Rooms on record for this property: 3 bedrooms, 2 bathrooms (Bedroom: 2, ...)`), so photos are
-assigned to those rooms with their recorded space types. A caller that runs a category's batches in order
-can also pass the rooms found so far (`known_rooms_from`), so their `room_key`s are reused.
+assigned to those rooms with their recorded space types. Rooms seen in several batches of a category are
+joined afterwards by `consolidate.py`.
 
 Output is deterministic (same inputs, same text) and compact: every token is paid for on every request.
 Bump `PROMPT_VERSION` whenever the request changes (text or response schema), because resume treats
@@ -14,11 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from image_analyzer.county import kind_totals
-from image_analyzer.naming import sanitize_component
-from image_analyzer.schemas import PROPERTY_CLASSES, ROOM_CLASS, SchemaSet, non_nullable_booleans
+from image_analyzer.schemas import PROPERTY_CLASSES, SchemaSet, non_nullable_booleans
 
 PROMPT_VERSION = "3"
 """2: county rooms stated with their totals; response schema without descriptions that restate names."""
@@ -103,21 +101,3 @@ def county_rooms_text(county_rooms: Mapping[str, int]) -> str:
         f"Rooms on record for this property: {summary}. A bedroom or bathroom photo shows one of these "
         "rooms: use the recorded space types where they fit, one room_key per distinct room."
     )
-
-
-def known_rooms_from(answers: Sequence[Mapping[str, Any]]) -> list[KnownRoom]:
-    """The rooms found so far in earlier batches of a category, in order of first appearance.
-
-    A room seen in several batches keeps its first non-null space type and first non-empty description.
-    """
-    rooms: dict[str, dict[str, Any]] = {}
-    for answer in answers:
-        for room in answer.get("rooms") or ():
-            key = sanitize_component(str(room.get("room_key") or ""), fallback="room")
-            known = rooms.setdefault(key, {"space_type": None, "description": ""})
-            layout = room.get(ROOM_CLASS) or {}
-            if known["space_type"] is None and isinstance(layout.get("space_type"), str):
-                known["space_type"] = layout["space_type"]
-            if not known["description"] and isinstance(room.get("description"), str):
-                known["description"] = _one_line(room["description"], _DESCRIPTION_LIMIT)
-    return [KnownRoom(key, value["space_type"], value["description"]) for key, value in rooms.items()]
