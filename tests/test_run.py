@@ -161,6 +161,14 @@ def test_every_output_folder_passes_validate(workdir: Path, fake_openai: FakeOpe
     files = property_json_files(workdir / "output" / "p1")
     assert sum(1 for name in files if name.startswith("file_")) == 15
     assert len(list((workdir / "output" / "p1").glob("*.jpg"))) == 15
+    summary = json.loads(next((workdir / "output" / "_runs").glob("*.json")).read_text())
+    rooms = summary["properties"]["p1"]["rooms"]
+    assert set(rooms) == {name for name in files if name.startswith("layout_")}
+    assert sorted(i for ids in rooms.values() for i in ids) == sorted(
+        name[len("file_") :].split("_", 1)[1].removesuffix(".json")
+        for name in files
+        if name.startswith("file_")
+    )
 
 
 def test_cost_is_the_servers_usage_priced_per_model(workdir: Path, fake_openai: FakeOpenAIServer) -> None:

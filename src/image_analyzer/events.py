@@ -189,6 +189,8 @@ class PropertyFinished(Event):
     output_dir: str | None
     valid: bool | None = None
     problems: tuple[str, ...] = ()
+    rooms: dict[str, list[str]] = field(default_factory=dict)
+    """Layout file name -> the ids of the photos that show that room (the run's record of rooms)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -252,19 +254,3 @@ class EventBus:
                 reporter.close()
             except Exception:
                 _log.debug("reporter %r failed to close", reporter, exc_info=True)
-
-
-class RecordingReporter:
-    """Keeps every event; used by tests and by the run summary."""
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    def handle(self, event: Event) -> None:
-        self.events.append(event)
-
-    def close(self) -> None:
-        return None
-
-    def of_type(self, kind: type[Event]) -> list[Event]:
-        return [e for e in self.events if isinstance(e, kind)]

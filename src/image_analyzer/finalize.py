@@ -24,7 +24,13 @@ from image_analyzer.estimate import prompt_tokens
 from image_analyzer.events import Notice, PropertyFinished
 from image_analyzer.jobs import CategoryJob, output_folder_name
 from image_analyzer.manifest import ManifestRecord
-from image_analyzer.merge import BatchRecord, OutputImage, build_property_files, image_file_name
+from image_analyzer.merge import (
+    BatchRecord,
+    OutputImage,
+    build_property_files,
+    image_file_name,
+    room_assignments,
+)
 from image_analyzer.validate import validate_property_files
 
 if TYPE_CHECKING:
@@ -64,7 +70,8 @@ class PropertyWriter:
         await self._replace_json(folder, files, {i.file_name for i in images})
         if problems:
             self.totals.invalid_properties.append(property_id)
-        self._finished(property_id, jobs, failed, folder, not problems, problems)
+        rooms = room_assignments(records)
+        self._finished(property_id, jobs, failed, folder, not problems, problems, rooms)
 
     async def _category_records(
         self, job: CategoryJob, allow_requests: bool
@@ -162,6 +169,7 @@ class PropertyWriter:
         folder: str | None,
         valid: bool | None,
         problems: tuple[str, ...],
+        rooms: dict[str, list[str]] | None = None,
     ) -> None:
         cost = self.ledger.property_cost(property_id)
         self.bus.emit(
@@ -173,6 +181,7 @@ class PropertyWriter:
                 output_dir=folder,
                 valid=valid,
                 problems=problems[:20],
+                rooms=rooms or {},
             )
         )
 

@@ -201,6 +201,7 @@ class PropertyRow:
     valid: bool | None = None
     problems: tuple[str, ...] = ()
     output_dir: str | None = None
+    rooms: dict[str, list[str]] = field(default_factory=dict)
     started_at: float | None = None
     finished_at: float | None = None
 
@@ -241,6 +242,7 @@ class PropertyRow:
             "valid": self.valid,
             "problems": list(self.problems),
             "output_dir": self.output_dir,
+            "rooms": self.rooms,
             "duration_s": round(duration, 3) if duration is not None else None,
             "categories": {row.category: row.as_dict() for row in rows},
         }
@@ -515,6 +517,7 @@ class RunState:
         prop.valid = event.valid
         prop.problems = event.problems
         prop.output_dir = event.output_dir
+        prop.rooms = dict(event.rooms)
         self.images_total += prop.expected - before
         self.properties_finished += 1
         self.finished_usage.add(prop.usage)
